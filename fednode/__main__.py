@@ -1,0 +1,7 @@
+"""``python -m fednode`` is the ``fednode`` command."""
+
+import sys
+
+from fednode.node.cli import main
+
+sys.exit(main())

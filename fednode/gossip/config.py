@@ -1,0 +1,73 @@
+"""Every timeout, bound and default of the gossip round, in one place.
+
+Times are seconds of the driver's clock. The round-length bound of PROTOCOL §1 is
+``max(T_train, t_hello) + (max_retries + 1) * t_agg + t_commit`` (see
+:meth:`RoundConfig.round_length_bound`); no live node ever waits longer for a round.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+AGGREGATORS = ("gossip", "clipped", "trimmed_mean", "median")
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    federation: str
+    # --- timeouts
+    t_hello: float = 2.0
+    """Wait this long after the round starts for HELLOs of the proposed neighbours."""
+    t_agg: float = 5.0
+    """Wait this long for contributions per attempt (PROTOCOL T_agg)."""
+    t_commit: float = 2.0
+    """After sending COMMIT, wait this long for the COMMITs of the peers we used."""
+    t_sync: float = 5.0
+    """A resyncing node waits this long for a MODEL_REPLY before going on with its own model."""
+    # --- retries and thresholds
+    max_retries: int = 2
+    """A_max: RETRY attempts after the first contribution attempt."""
+    min_contributors: int = 1
+    """u_min: fewer usable contributions than this aborts the round (self-loop).
+    1 in plaintext mode; secure aggregation raises it to 3."""
+    # --- overlay
+    degree: int = 4
+    """Overlay degree; a federation of at most degree + 1 members is a full mesh."""
+    # --- message windows
+    rounds_behind: int = 1
+    rounds_ahead: int = 2
+    """Messages up to this many rounds ahead are buffered; beyond, a HELLO triggers resync."""
+    max_buffered: int = 512
+    """Upper bound on buffered future-round messages (oldest dropped first)."""
+    timestamp_window_s: float = 60.0
+    max_message_bytes: int = 64 * 1024 * 1024
+    # --- update and contribution bounds
+    update_clip: float | None = None
+    """L2 bound C on the local update x^{r+1/2} - x^r (None: no clipping)."""
+    max_distance: float | None = None
+    """Reject a contribution farther than this (L2) from our own x^{r+1/2} (None: off)."""
+    max_abs: float | None = 2.0 ** 20
+    """Per-coordinate divergence guard for received float payloads (B_max)."""
+    # --- aggregation rule (plaintext only)
+    aggregator: str = "gossip"
+    clip_tau: float | None = None
+    """ClippedGossip radius; None = adaptive (second-largest neighbour distance)."""
+    trim: int = 1
+    # --- run length
+    max_rounds: int | None = None
+    """Stop after this many rounds (None: run forever)."""
+
+    def __post_init__(self) -> None:
+        if self.aggregator not in AGGREGATORS:
+            raise ValueError(f"unknown aggregator {self.aggregator!r}; choose one of {', '.join(AGGREGATORS)}")
+        for name in ("t_hello", "t_agg", "t_commit", "t_sync"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0")
+        if self.max_retries < 0 or self.min_contributors < 1 or self.degree < 1:
+            raise ValueError("max_retries >= 0, min_contributors >= 1 and degree >= 1 are required")
+        if self.update_clip is not None and not self.update_clip > 0:
+            raise ValueError("update_clip must be > 0")
+
+    def round_length_bound(self, t_train: float) -> float:
+        """Upper bound on one round at a live node whose local step takes ``t_train``."""
+        return max(t_train, self.t_hello) + (self.max_retries + 1) * self.t_agg + self.t_commit

@@ -1,0 +1,672 @@
+"""The gossip round of PROTOCOL §1 as a sans-I/O state machine.
+
+One :class:`GossipNode` per peer. Events go in through :meth:`GossipNode.handle`
+(bytes received, peer joined or left, timer, local step finished); actions come out
+(send, broadcast, set timer, start local step, commit, abort). Nothing here does I/O
+or reads a clock, so every path runs in tests and in the deterministic simulator.
+
+Round r at node i::
+
+    TRAIN      HELLO(r, N_i, d_i) to each j in N_i; StartLocalStep(x^r)   (both at once)
+               wait for the local step, and for HELLOs of N_i or t_hello
+               edges E_i = {j in N_i : j's HELLO lists i}            (symmetric)
+    AGGREGATE  CONTRIBUTE x^{r+1/2} to every j in E_i
+               wait t_agg for contributions; RETRY the missing ones up to A_max times
+               U_i = received (minus rejected); |U_i| < u_min -> U_i = {} (abort)
+    COMMIT     send COMMIT(U_i) to every j in E_i; wait t_commit for COMMIT_j, j in U_i
+               F_i = {j in U_i : i in U_j}                            (mutual use only)
+               x^{r+1} = (1 - sum_F W_ij) x^{r+1/2} + sum_F W_ij x_j^{r+1/2}
+
+The COMMIT exchange makes usage symmetric (j in F_i <=> i in F_j) whenever COMMITs
+arrive, which is what keeps W doubly stochastic and the federation's mean exact.
+Any round message from j (CONTRIBUTE, RETRY) carries j's degree and, being sent only
+to proposed neighbours, implies j lists i: a lost HELLO costs nothing.
+
+A node with no usable neighbour self-loops (W_ii = 1) and keeps training. A node that
+sees a HELLO from more than ``rounds_ahead`` rounds ahead fetches that peer's model
+(MODEL_REQUEST / MODEL_REPLY) and jumps to its round: the round counter never goes
+backwards and a late joiner does not start from scratch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fednode.aggregation import clipped_gossip, coordinate_median, mh_weight, mix, trimmed_mean
+from fednode.gossip.config import RoundConfig
+from fednode.gossip.events import (Abort, Action, AdoptModel, Commit, Event, Finished, LocalStepDone, Log,
+                                   MessageReceived, PeerJoined, PeerLeft, Rejected, RoundStats, Send, SetTimer,
+                                   StartLocalStep, TimerFired)
+from fednode.gossip.overlay import Overlay, RandomRegularOverlay
+from fednode.security.arrays import Model, ModelSpec
+from fednode.security.clipping import clip_by_global_norm, l2_norm
+from fednode.security.envelope import Message, MsgType, Reject, VerifyContext, open_envelope, seal
+from fednode.security.identity import AllowList, Identity
+from fednode.security.replay import OffenderTracker, ReplayGuard
+
+TRAIN, AGGREGATE, COMMITTING, SYNC, DONE = "train", "aggregate", "commit", "sync", "done"
+
+
+@dataclass
+class NodeStats:
+    """Counters for status messages and the dashboard."""
+
+    rounds_completed: int = 0
+    rounds_aborted: int = 0
+    rounds_averaged: int = 0
+    retries_sent: int = 0
+    resyncs: int = 0
+    drift_events: int = 0
+    messages_in: int = 0
+    messages_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    rejects: Counter = field(default_factory=Counter)
+    aborts: Counter = field(default_factory=Counter)
+
+
+@dataclass
+class _Round:
+    """Everything node i knows about one round; dropped two rounds later."""
+
+    number: int
+    started: float
+    base: Model                                   # x^r
+    proposed: frozenset[bytes]                    # N_i
+    hello_deadline: float
+    step_round: int                               # LocalStepDone.round we accept as this round's step
+    hellos: dict[bytes, tuple[frozenset[bytes], int]] = field(default_factory=dict)
+    implied: dict[bytes, int] = field(default_factory=dict)   # peers that listed us implicitly -> degree
+    half: Model | None = None                     # x^{r+1/2}
+    step_done_at: float | None = None
+    edges: dict[bytes, float] = field(default_factory=dict)   # j -> W_ij
+    contributed_at: float | None = None
+    attempt: int = 0
+    agg_deadline: float | None = None
+    contributions: dict[bytes, Model] = field(default_factory=dict)
+    gone: set[bytes] = field(default_factory=set)
+    used: frozenset[bytes] | None = None          # U_i, fixed when aggregation ends
+    aggregated_at: float | None = None
+    commit_deadline: float | None = None
+    commits: dict[bytes, frozenset[bytes]] = field(default_factory=dict)
+    commit_sends: Counter = field(default_factory=Counter)
+    hello_resent: bool = False
+
+    @property
+    def degree(self) -> int:
+        return len(self.proposed)
+
+
+class GossipNode:
+    """One peer's round logic. Feed :meth:`start` once, then every event to :meth:`handle`."""
+
+    def __init__(self, identity: Identity, allow_list: AllowList, spec: ModelSpec, model: Model,
+                 config: RoundConfig, *, overlay: Overlay | None = None, start_round: int = 0,
+                 members: Iterable[bytes] = (), nonce_source: Callable[[int], bytes] = os.urandom,
+                 joining: bool = False) -> None:
+        if not spec.matches(model):
+            raise ValueError("initial model does not match the model spec")
+        self.identity = identity
+        self.me = identity.peer_id
+        self.allow_list = allow_list
+        self.spec = spec
+        self.config = config
+        self.overlay: Overlay = overlay or RandomRegularOverlay(config.federation, config.degree)
+        self.round_number = int(start_round)
+        self.model: Model = {k: np.array(v, copy=True) for k, v in model.items()}
+        self.members: set[bytes] = {m for m in members if m != self.me and m in allow_list}
+        self.stats = NodeStats()
+        self.phase = SYNC if joining else TRAIN
+        self._nonce = nonce_source
+        self._replay = ReplayGuard(nonce_ttl_s=2 * config.timestamp_window_s)
+        self._offenders = OffenderTracker()
+        self._cur: _Round | None = None
+        self._prev: _Round | None = None
+        self._buffer: dict[int, list[Message]] = {}
+        self._sync_deadline: float | None = None
+        self._sync_target: int | None = None
+        self._timer: float | None = None
+        self._started = False
+        self._now = float("-inf")
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def round(self) -> int:
+        return self.round_number
+
+    def start(self, now: float) -> list[Action]:
+        """Begin: a joining node first listens for the federation's round (t_hello), others start round r."""
+        if self._started:
+            return []
+        self._started = True
+        self._now = now
+        out: list[Action] = []
+        if self.phase == SYNC:
+            self._sync_deadline = now + self.config.t_sync
+            self._sync_target = None
+            out.append(Log("info", "joining: asking a live peer for the federation's round and model"))
+            self._sync_request(now, out)
+        else:
+            self._begin_round(self.round_number, now, out)
+        self._advance(now, out)
+        return self._finish(out)
+
+    def handle(self, event: Event) -> list[Action]:
+        out: list[Action] = []
+        now = event.now
+        self._now = max(self._now, now)
+        if isinstance(event, MessageReceived):
+            self._on_bytes(event.data, now, out)
+        elif isinstance(event, PeerJoined):
+            if event.peer != self.me and event.peer in self.allow_list:
+                self.members.add(event.peer)
+                if self.phase == SYNC and self._started and self._sync_target is None:
+                    self._sync_request(now, out)
+        elif isinstance(event, PeerLeft):
+            self.members.discard(event.peer)
+            for rnd in (self._cur, self._prev):
+                if rnd is not None:
+                    rnd.gone.add(event.peer)
+        elif isinstance(event, LocalStepDone):
+            self._on_local_step(event, out)
+        elif isinstance(event, TimerFired):
+            pass
+        else:  # pragma: no cover - typing guard
+            raise TypeError(f"unknown event {event!r}")
+        if self._started:
+            self._advance(now, out)
+        return self._finish(out)
+
+    def next_deadline(self) -> float | None:
+        """The earliest time the machine wants a :class:`TimerFired` (None: only events matter)."""
+        return self._deadline()
+
+    # ------------------------------------------------------------------ sending
+
+    def _seal(self, msg_type: MsgType, recipient: bytes, round: int, now: float, *, attempt: int = 0,
+              arrays: Model | None = None, meta: dict | None = None) -> bytes:
+        return seal(self.identity, msg_type=msg_type, recipient=recipient, federation=self.config.federation,
+                    round=round, attempt=attempt, arrays=arrays, spec=self.spec if arrays is not None else None,
+                    meta=meta or {}, now_ms=int(now * 1000), nonce=self._nonce(16))
+
+    def _send(self, out: list[Action], peer: bytes, data: bytes, kind: str) -> None:
+        self.stats.messages_out += 1
+        self.stats.bytes_out += len(data)
+        out.append(Send(peer, data, kind))
+
+    def _send_hellos(self, rnd: _Round, now: float, out: list[Action], attempt: int = 0,
+                     only: Iterable[bytes] | None = None) -> None:
+        """HELLO goes to each proposed neighbour, recipient-bound: O(degree) messages, not O(n)."""
+        targets = sorted(rnd.proposed if only is None else only)
+        for peer in targets:
+            data = self._seal(MsgType.HELLO, peer, rnd.number, now, attempt=attempt,
+                              meta={"n": sorted(rnd.proposed), "d": rnd.degree, "epk": b""})
+            self._send(out, peer, data, "hello")
+
+    def _send_contribution(self, rnd: _Round, peer: bytes, now: float, out: list[Action], attempt: int = 0) -> None:
+        assert rnd.half is not None
+        data = self._seal(MsgType.CONTRIBUTE, peer, rnd.number, now, attempt=attempt, arrays=rnd.half,
+                          meta={"d": rnd.degree})
+        self._send(out, peer, data, "contribute")
+
+    def _send_commit(self, rnd: _Round, peer: bytes, now: float, out: list[Action]) -> None:
+        assert rnd.used is not None
+        attempt = rnd.commit_sends[peer]
+        if attempt > self.config.max_retries + 2:
+            return
+        rnd.commit_sends[peer] += 1
+        data = self._seal(MsgType.COMMIT, peer, rnd.number, now, attempt=attempt,
+                          meta={"u": sorted(rnd.used), "d": rnd.degree})
+        self._send(out, peer, data, "commit")
+
+    # ------------------------------------------------------------------ round lifecycle
+
+    def _begin_round(self, number: int, now: float, out: list[Action], *, step_round: int | None = None,
+                     half: Model | None = None) -> None:
+        if self.config.max_rounds is not None and number >= self.config.max_rounds:
+            self.phase = DONE
+            self.round_number = number
+            out.append(Finished(number))
+            return
+        self._prev = self._cur
+        self.round_number = number
+        proposed = self.overlay.neighbours(self.me, self.members, number)
+        rnd = _Round(number=number, started=now, base=self.model, proposed=frozenset(proposed),
+                     hello_deadline=now + self.config.t_hello,
+                     step_round=number if step_round is None else step_round)
+        self._cur = rnd
+        self.phase = TRAIN
+        self._send_hellos(rnd, now, out)
+        if half is not None:
+            rnd.half = half
+            rnd.step_done_at = now
+        elif step_round is None:
+            out.append(StartLocalStep(number, self.model))
+        # messages that arrived early for this round
+        for older in [r for r in self._buffer if r < number]:
+            del self._buffer[older]
+        for msg in self._buffer.pop(number, []):
+            self._dispatch(msg, now, out)
+
+    def _end_round(self, rnd: _Round, now: float, out: list[Action], *, model: Model, used: dict[bytes, float],
+                   abort_reason: str | None, drift: tuple[bytes, ...] = ()) -> None:
+        contributed = rnd.contributed_at or now
+        step_done = rnd.step_done_at or now
+        stats = RoundStats(
+            round=rnd.number, started=rnd.started,
+            local_step_s=max(0.0, step_done - rnd.started),
+            hello_wait_s=max(0.0, contributed - step_done),
+            aggregate_s=max(0.0, (rnd.aggregated_at or now) - contributed),
+            commit_s=max(0.0, now - (rnd.aggregated_at or now)),
+            total_s=max(0.0, now - rnd.started),
+            neighbours=tuple(sorted(rnd.edges)), attempts=rnd.attempt + 1,
+            contributions=len(rnd.contributions))
+        self.model = model
+        self.stats.rounds_completed += 1
+        if abort_reason is not None:
+            self.stats.rounds_aborted += 1
+            self.stats.aborts[abort_reason] += 1
+            out.append(Abort(rnd.number, model, abort_reason, stats))
+        else:
+            self.stats.rounds_averaged += 1
+            self_weight = 1.0 - sum(used.values())
+            out.append(Commit(rnd.number, model, tuple(sorted(used)), dict(used), self_weight, stats, drift))
+        if drift:
+            self.stats.drift_events += len(drift)
+        self._begin_round(rnd.number + 1, now, out)
+
+    def _on_local_step(self, event: LocalStepDone, out: list[Action]) -> None:
+        rnd = self._cur
+        if rnd is None or self.phase != TRAIN or event.round != rnd.step_round or rnd.half is not None:
+            return  # a step for a round we left (resync) or a duplicate
+        half = event.model
+        reason = None
+        if not self.spec.matches(half):
+            reason = "bad_local_step_layout"
+        elif not all(np.isfinite(v).all() for v in half.values()):
+            reason = "bad_local_step_non_finite"
+        if reason is not None:
+            out.append(Log("error", f"local step of round {rnd.number} rejected: {reason}; keeping x^r"))
+            rnd.step_done_at = event.now
+            self._end_round(rnd, event.now, out, model=rnd.base, used={}, abort_reason=reason)
+            return
+        half = {k: np.array(v, copy=True) for k, v in half.items()}
+        if self.config.update_clip is not None:
+            delta = {k: half[k].astype(np.float64) - rnd.base[k].astype(np.float64) for k in half}
+            clipped, _norm = clip_by_global_norm(delta, self.config.update_clip)
+            half = {k: (rnd.base[k].astype(np.float64) + clipped[k]).astype(half[k].dtype) for k in half}
+        rnd.half = half
+        rnd.step_done_at = event.now
+
+    # ------------------------------------------------------------------ progress
+
+    def _advance(self, now: float, out: list[Action]) -> None:
+        """Move the current round forward as far as the known facts allow."""
+        for _ in range(8):  # a handful of phase transitions per event at most
+            before = (self.phase, self.round_number)
+            if self.phase == SYNC:
+                self._advance_sync(now, out)
+            elif self.phase == TRAIN:
+                self._advance_train(now, out)
+            elif self.phase == AGGREGATE:
+                self._advance_aggregate(now, out)
+            elif self.phase == COMMITTING:
+                self._advance_commit(now, out)
+            if (self.phase, self.round_number) == before or self.phase == DONE:
+                return
+
+    def _advance_sync(self, now: float, out: list[Action]) -> None:
+        if self._sync_deadline is not None and now >= self._sync_deadline:
+            target = max(self.round_number, self._sync_target or 0)
+            out.append(Log("warning", f"no model reply; continuing from round {target} with the local model"))
+            self._sync_deadline = None
+            self._sync_target = None
+            self._begin_round(target, now, out)
+
+    def _edge_candidates(self, rnd: _Round) -> dict[bytes, int]:
+        """Peers that list us (HELLO or implied) and that we list -> their degree."""
+        out: dict[bytes, int] = {}
+        for peer, (their_n, their_d) in rnd.hellos.items():
+            if self.me in their_n and peer in rnd.proposed:
+                out[peer] = their_d
+        for peer, their_d in rnd.implied.items():
+            if peer in rnd.proposed and peer not in out:
+                out[peer] = their_d
+        return {p: d for p, d in out.items() if p not in rnd.gone}
+
+    def _advance_train(self, now: float, out: list[Action]) -> None:
+        rnd = self._cur
+        assert rnd is not None
+        waiting = rnd.proposed - set(rnd.hellos) - set(rnd.implied) - rnd.gone
+        if waiting and not rnd.hello_resent and now >= rnd.started + self.config.t_hello / 2:
+            rnd.hello_resent = True  # one re-broadcast against loss
+            self._send_hellos(rnd, now, out, attempt=1, only=waiting)
+        if rnd.half is None:
+            return
+        if waiting and now < rnd.hello_deadline:
+            return
+        candidates = self._edge_candidates(rnd)
+        if not candidates:
+            reason = "alone" if not rnd.proposed else "no_neighbours"
+            self._end_round(rnd, now, out, model=rnd.half, used={}, abort_reason=reason)
+            return
+        rnd.edges = {p: mh_weight(rnd.degree, d) for p, d in candidates.items()}
+        rnd.contributed_at = now
+        for peer in sorted(rnd.edges):
+            self._send_contribution(rnd, peer, now, out)
+        rnd.agg_deadline = now + self.config.t_agg
+        self.phase = AGGREGATE
+
+    def _advance_aggregate(self, now: float, out: list[Action]) -> None:
+        rnd = self._cur
+        assert rnd is not None and rnd.agg_deadline is not None
+        missing = set(rnd.edges) - set(rnd.contributions) - rnd.gone
+        if missing and now < rnd.agg_deadline:
+            return
+        if missing and rnd.attempt < self.config.max_retries:
+            rnd.attempt += 1
+            rnd.agg_deadline = now + self.config.t_agg
+            survivors = sorted(set(rnd.edges) - rnd.gone)
+            for peer in sorted(missing):
+                data = self._seal(MsgType.RETRY, peer, rnd.number, now, attempt=rnd.attempt,
+                                  meta={"u": survivors, "d": rnd.degree})
+                self._send(out, peer, data, "retry")
+                self.stats.retries_sent += 1
+            return
+        # aggregation ends: fix U_i
+        used = set(rnd.contributions) & set(rnd.edges)
+        if self.config.max_distance is not None and rnd.half is not None:
+            for peer in sorted(used):
+                diff = {k: rnd.contributions[peer][k].astype(np.float64) - rnd.half[k].astype(np.float64)
+                        for k in rnd.half}
+                if l2_norm(diff) > self.config.max_distance:
+                    used.discard(peer)
+                    self._reject(out, Reject("distance", sender=peer))
+        if len(used) < self.config.min_contributors:
+            used = set()
+        rnd.used = frozenset(used)
+        rnd.aggregated_at = now
+        rnd.commit_deadline = now + self.config.t_commit
+        for peer in sorted(rnd.edges):
+            if peer not in rnd.gone:
+                self._send_commit(rnd, peer, now, out)
+        self.phase = COMMITTING
+
+    def _advance_commit(self, now: float, out: list[Action]) -> None:
+        rnd = self._cur
+        assert rnd is not None and rnd.used is not None and rnd.commit_deadline is not None
+        if not rnd.used:
+            self._end_round(rnd, now, out, model=rnd.half, used={}, abort_reason="too_few_contributions")
+            return
+        waiting = rnd.used - set(rnd.commits) - rnd.gone
+        if waiting and now < rnd.commit_deadline:
+            return
+        final = {p for p in rnd.used if p in rnd.commits and self.me in rnd.commits[p]}
+        drift = tuple(sorted(p for p in rnd.used if p not in rnd.commits))
+        if len(final) < self.config.min_contributors:
+            final = set()
+        if not final:
+            self._end_round(rnd, now, out, model=rnd.half, used={}, abort_reason="no_mutual_use", drift=drift)
+            return
+        weights = {p: rnd.edges[p] for p in sorted(final)}
+        model = self._aggregate(rnd.half, {p: rnd.contributions[p] for p in weights}, weights)
+        self._end_round(rnd, now, out, model=model, used=weights, abort_reason=None, drift=drift)
+
+    def _aggregate(self, own: Model, neighbours: dict[bytes, Model], weights: dict[bytes, float]) -> Model:
+        cfg = self.config
+        if cfg.aggregator == "gossip":
+            return mix(own, neighbours, weights)
+        if cfg.aggregator == "clipped":
+            return clipped_gossip(own, neighbours, weights, cfg.clip_tau)
+        models = [own, *neighbours.values()]
+        if cfg.aggregator == "median":
+            return coordinate_median(models)
+        trim = min(cfg.trim, (len(models) - 1) // 2)
+        return trimmed_mean(models, trim)
+
+    # ------------------------------------------------------------------ receiving
+
+    def _verify(self, data: bytes, now: float) -> Message | Reject:
+        future = {int(MsgType.HELLO)}
+        current = self.round_number
+        if self.phase == SYNC:
+            future.add(int(MsgType.MODEL_REPLY))
+        ctx = VerifyContext(
+            self_id=self.me, federation=self.config.federation, allow_list=self.allow_list,
+            current_round=current, now_ms=int(now * 1000), replay=self._replay, model_spec=self.spec,
+            unbounded_future_types=frozenset(future), rounds_behind=self.config.rounds_behind,
+            rounds_ahead=self.config.rounds_ahead, timestamp_window_ms=int(self.config.timestamp_window_s * 1000),
+            max_message_bytes=self.config.max_message_bytes, max_abs=self.config.max_abs,
+            offenders=self._offenders)
+        return open_envelope(data, ctx)
+
+    def _reject(self, out: list[Action], rej: Reject) -> None:
+        self.stats.rejects[rej.reason] += 1
+        out.append(Rejected(rej.reason, rej.sender, rej.detail))
+
+    def _on_bytes(self, data: bytes, now: float, out: list[Action]) -> None:
+        self.stats.messages_in += 1
+        self.stats.bytes_in += len(data)
+        result = self._verify(data, now)
+        if isinstance(result, Reject):
+            self._reject(out, result)
+            return
+        if result.sender == self.me:
+            return
+        if result.sender not in self.members:
+            self.members.add(result.sender)  # a verified message proves liveness and admission
+        self._dispatch(result, now, out)
+
+    def _dispatch(self, msg: Message, now: float, out: list[Action]) -> None:
+        t = msg.msg_type
+        if t == MsgType.MODEL_REQUEST:
+            self._answer_model_request(msg, now, out)
+            return
+        if t == MsgType.MODEL_REPLY:
+            self._on_model_reply(msg, now, out)
+            return
+        if t == MsgType.STATUS:
+            return
+        if self.phase == SYNC:
+            if t == MsgType.HELLO:
+                self._on_hello_while_syncing(msg, now, out)
+            return
+        r = msg.round
+        if r > self.round_number:
+            if t == MsgType.HELLO and self._should_jump(msg):
+                self._jump(msg, now, out)
+                return
+            self._buffer_message(msg)
+            return
+        if r == self.round_number and self._cur is not None and self.phase != DONE:
+            self._on_current(self._cur, msg, now, out)
+        else:
+            for old in (self._cur if self.phase == DONE else None, self._prev):
+                if old is not None and r == old.number:
+                    self._on_previous(old, msg, now, out)
+                    return
+
+    def _buffer_message(self, msg: Message) -> None:
+        queue = self._buffer.setdefault(msg.round, [])
+        queue.append(msg)
+        total = sum(len(v) for v in self._buffer.values())
+        while total > self.config.max_buffered:
+            newest = max(self._buffer)
+            self._buffer[newest].pop(0)
+            if not self._buffer[newest]:
+                del self._buffer[newest]
+            total -= 1
+
+    @staticmethod
+    def _peer_degree(msg: Message) -> int | None:
+        d = msg.meta.get("d")
+        return d if isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1_000_000 else None
+
+    @staticmethod
+    def _peer_set(msg: Message, key: str) -> frozenset[bytes] | None:
+        value = msg.meta.get(key)
+        if not isinstance(value, list) or not all(isinstance(v, bytes) and len(v) == 32 for v in value):
+            return None
+        return frozenset(value)
+
+    def _on_current(self, rnd: _Round, msg: Message, now: float, out: list[Action]) -> None:
+        sender, t = msg.sender, msg.msg_type
+        if t == MsgType.HELLO:
+            their_n, their_d = self._peer_set(msg, "n"), self._peer_degree(msg)
+            if their_n is None or their_d is None or their_d < len(their_n):
+                self._reject(out, Reject("bad_meta", sender=sender, detail="hello"))
+                return
+            rnd.hellos.setdefault(sender, (their_n, their_d))
+            if self.me in their_n:
+                self._maybe_late_edge(rnd, sender, their_d, now, out)
+            return
+        degree = self._peer_degree(msg)
+        if t in (MsgType.CONTRIBUTE, MsgType.RETRY) and degree is not None:
+            rnd.implied.setdefault(sender, degree)
+            self._maybe_late_edge(rnd, sender, degree, now, out)
+        if t == MsgType.CONTRIBUTE:
+            if sender in rnd.proposed and sender not in rnd.contributions:
+                if rnd.used is None:
+                    rnd.contributions[sender] = msg.arrays
+                elif sender not in rnd.used:
+                    self._send_commit(rnd, sender, now, out)  # tell it promptly it is not used this round
+        elif t == MsgType.RETRY:
+            self._answer_retry(rnd, msg, now, out)
+        elif t == MsgType.COMMIT:
+            used = self._peer_set(msg, "u")
+            if used is None:
+                self._reject(out, Reject("bad_meta", sender=sender, detail="commit"))
+                return
+            rnd.commits.setdefault(sender, used)
+
+    def _maybe_late_edge(self, rnd: _Round, peer: bytes, degree: int, now: float, out: list[Action]) -> None:
+        """An edge discovered after contributions went out (lost or late HELLO)."""
+        if self.phase != AGGREGATE or peer in rnd.edges or peer not in rnd.proposed or peer in rnd.gone:
+            return
+        rnd.edges[peer] = mh_weight(rnd.degree, degree)
+        self._send_contribution(rnd, peer, now, out)
+
+    def _answer_retry(self, rnd: _Round, msg: Message, now: float, out: list[Action]) -> None:
+        peer = msg.sender
+        if msg.attempt > self.config.max_retries or peer not in rnd.proposed:
+            self._reject(out, Reject("bad_retry", sender=peer))
+            return
+        if rnd.used is not None:
+            # our aggregation is over: our COMMIT decides; resend it, and the contribution if it is used
+            self._send_commit(rnd, peer, now, out)
+            if peer in rnd.used and rnd.half is not None:
+                self._send_contribution(rnd, peer, now, out, attempt=msg.attempt)
+            return
+        if rnd.half is not None and peer in rnd.edges:
+            self._send_contribution(rnd, peer, now, out, attempt=msg.attempt)
+
+    def _on_previous(self, rnd: _Round, msg: Message, now: float, out: list[Action]) -> None:
+        t = msg.msg_type
+        if t == MsgType.RETRY and msg.attempt <= self.config.max_retries and rnd.used is not None:
+            self._send_commit(rnd, msg.sender, now, out)
+            if msg.sender in rnd.used and rnd.half is not None:
+                self._send_contribution(rnd, msg.sender, now, out, attempt=msg.attempt)
+        elif t == MsgType.COMMIT and rnd.used is not None and msg.sender in rnd.used:
+            if msg.sender not in rnd.commits:
+                self.stats.drift_events += 1  # we excluded it after a timeout; it may have used us
+
+    # ------------------------------------------------------------------ resync and late join
+
+    def _should_jump(self, msg: Message) -> bool:
+        """A verified HELLO from ahead: jump when far ahead, or when we are stuck before contributing."""
+        gap = msg.round - self.round_number
+        if gap > self.config.rounds_ahead:
+            return True
+        rnd = self._cur
+        return (self.phase == TRAIN and rnd is not None and not rnd.contributions and msg.sender in rnd.proposed
+                and msg.sender not in rnd.hellos and msg.sender not in rnd.implied)
+
+    def _jump(self, msg: Message, now: float, out: list[Action]) -> None:
+        gap = msg.round - self.round_number
+        rnd = self._cur
+        if gap > self.config.rounds_ahead:
+            self.stats.resyncs += 1
+            self._request_model(msg.sender, msg.round, now, out)
+            return
+        # a little behind: skip ahead keeping our model; reuse the local step already under way
+        out.append(Log("info", f"behind by {gap} round(s): skipping to round {msg.round}"))
+        step_round = rnd.step_round if rnd is not None else None
+        half = rnd.half if rnd is not None else None
+        if rnd is not None:
+            self.stats.aborts["behind"] += 1
+        self._begin_round(msg.round, now, out, step_round=step_round if half is None else None, half=half)
+        if self._cur is not None and self._cur.number == msg.round:
+            self._on_current(self._cur, msg, now, out)
+
+    def _sync_request(self, now: float, out: list[Action]) -> None:
+        """Joining: ask one live peer (deterministic pick per round) for its round and model."""
+        if not self.members:
+            return
+        ordered = sorted(self.members, key=lambda p: hashlib.sha256(self.me + p).digest())
+        self._request_model(ordered[0], self.round_number, now, out)
+
+    def _on_hello_while_syncing(self, msg: Message, now: float, out: list[Action]) -> None:
+        if self._sync_target is None and msg.round > self.round_number:
+            self._request_model(msg.sender, msg.round, now, out)
+
+    def _request_model(self, peer: bytes, target: int, now: float, out: list[Action]) -> None:
+        self.phase = SYNC
+        self._sync_target = target
+        self._sync_deadline = now + self.config.t_sync
+        out.append(Log("info", f"asking {peer.hex()[:12]} for its current model (round >= {target})"))
+        data = self._seal(MsgType.MODEL_REQUEST, peer, self.round_number, now)
+        self._send(out, peer, data, "model_request")
+
+    def _answer_model_request(self, msg: Message, now: float, out: list[Action]) -> None:
+        """Serve our current x^r (also while syncing: simultaneous joiners must not wait on each other)."""
+        data = self._seal(MsgType.MODEL_REPLY, msg.sender, self.round_number, now, arrays=self.model,
+                          meta={"r": self.round_number})
+        self._send(out, msg.sender, data, "model_reply")
+
+    def _on_model_reply(self, msg: Message, now: float, out: list[Action]) -> None:
+        if self.phase != SYNC:
+            return
+        self._sync_deadline = None
+        self._sync_target = None
+        self._prev = None
+        if msg.round > self.round_number:
+            model = {k: np.array(v, copy=True) for k, v in msg.arrays.items()}
+            self.model = model
+            out.append(AdoptModel(msg.round, model, msg.sender))
+            self._begin_round(msg.round, now, out)
+        else:  # we are at least as far along: keep our own (checkpointed) model and round
+            self._begin_round(self.round_number, now, out)
+
+    # ------------------------------------------------------------------ timers
+
+    def _deadline(self) -> float | None:
+        rnd = self._cur
+        if self.phase == SYNC:
+            return self._sync_deadline
+        if rnd is None or self.phase == DONE:
+            return None
+        if self.phase == TRAIN:
+            # once the hello wait is over, only LocalStepDone can move us: no timer (no busy loop)
+            pending = [t for t in (rnd.hello_deadline,
+                                   None if rnd.hello_resent else rnd.started + self.config.t_hello / 2)
+                       if t is not None and t > self._now]
+            return min(pending) if pending else None
+        if self.phase == AGGREGATE:
+            return rnd.agg_deadline
+        if self.phase == COMMITTING:
+            return rnd.commit_deadline
+        return None
+
+    def _finish(self, out: list[Action]) -> list[Action]:
+        deadline = self._deadline()
+        if deadline is not None and deadline != self._timer:
+            out.append(SetTimer(deadline))
+        self._timer = deadline
+        return out

@@ -1,0 +1,181 @@
+"""Node configuration: one dataclass, loadable from TOML and overridable by command-line flags.
+
+Every field is documented in README.md ("Configuration reference"); the TOML keys are the
+field names. Precedence: defaults < TOML file (``--config``) < explicit flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fednode.gossip.config import AGGREGATORS, RoundConfig
+
+_FEDERATION_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or invalid (one-line message for the user)."""
+
+
+@dataclass
+class NodeConfig:
+    # identity and admission
+    federation: str = "default"
+    state_dir: Path = Path("fednode-state")
+    identity: Path | None = None
+    """Ed25519 key file (default: <state_dir>/identity.pem)."""
+    allow_list: Path | None = None
+    """Admitted public keys (default: <state_dir>/allow_list.txt)."""
+    # network
+    listen: list[str] = field(default_factory=lambda: ["tcp/0.0.0.0:0"])
+    connect: list[str] = field(default_factory=list)
+    interface: str = "auto"
+    """Multicast scouting interface ("lo" keeps discovery on this machine)."""
+    multicast: bool = True
+    mode: str = "peer"
+    """"peer" (LAN, scouting) or "client" (join through a Zenoh router given in ``connect``)."""
+    lease_ms: int = 3000
+    # learning
+    task: str = "digits"
+    data_dir: Path | None = None
+    split: str = "iid"
+    alpha: float = 0.5
+    node_index: int = 0
+    node_count: int = 1
+    seed: int = 0
+    """Federation seed: the common initial model and the data split."""
+    local_epochs: float = 1.0
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    rounds: int | None = None
+    """Stop after this many rounds (None: run forever)."""
+    clip: float | None = None
+    """L2 bound on each round's local update (None: off)."""
+    # gossip round
+    degree: int = 4
+    t_hello: float = 2.0
+    t_agg: float = 5.0
+    t_commit: float = 2.0
+    max_retries: int = 2
+    aggregator: str = "gossip"
+    # runtime
+    min_peers: int = 0
+    """A fresh node (no checkpoint) waits for this many live peers before round 0 ..."""
+    wait_peers_s: float = 60.0
+    """... but at most this long; then it starts alone (nothing can halt a node)."""
+    linger_s: float | None = None
+    """After the last round keep answering peers this long (default t_agg + t_commit)."""
+    log_level: str = "info"
+
+    # ------------------------------------------------------------------ derived paths
+
+    @property
+    def identity_path(self) -> Path:
+        return Path(self.identity) if self.identity else Path(self.state_dir) / "identity.pem"
+
+    @property
+    def allow_list_path(self) -> Path:
+        return Path(self.allow_list) if self.allow_list else Path(self.state_dir) / "allow_list.txt"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return Path(self.state_dir) / "checkpoint.fnck"
+
+    @property
+    def status_path(self) -> Path:
+        return Path(self.state_dir) / "status.json"
+
+    def round_config(self) -> RoundConfig:
+        return RoundConfig(federation=self.federation, t_hello=self.t_hello, t_agg=self.t_agg,
+                           t_commit=self.t_commit, max_retries=self.max_retries, degree=self.degree,
+                           update_clip=self.clip, aggregator=self.aggregator, max_rounds=self.rounds)
+
+    # ------------------------------------------------------------------ validation and loading
+
+    def validate(self) -> "NodeConfig":
+        if not _FEDERATION_RE.match(self.federation):
+            raise ConfigError(f"federation id {self.federation!r} must be 1-64 characters of A-Z a-z 0-9 _ . -")
+        if self.split not in ("iid", "dirichlet"):
+            raise ConfigError(f"split must be 'iid' or 'dirichlet', not {self.split!r}")
+        if not self.alpha > 0:
+            raise ConfigError("alpha must be > 0")
+        if self.node_count < 1 or not 0 <= self.node_index < self.node_count:
+            raise ConfigError(f"node index {self.node_index} is outside 0..{self.node_count - 1}")
+        if self.rounds is not None and self.rounds < 1:
+            raise ConfigError("rounds must be >= 1 (omit it to run forever)")
+        if self.clip is not None and not self.clip > 0:
+            raise ConfigError("clip must be > 0")
+        if self.mode not in ("peer", "client"):
+            raise ConfigError("mode must be 'peer' or 'client'")
+        if self.mode == "client" and not self.connect:
+            raise ConfigError("client mode needs --connect with the router's endpoint")
+        if self.aggregator not in AGGREGATORS:
+            raise ConfigError(f"aggregator must be one of {', '.join(AGGREGATORS)}")
+        for ep in [*self.listen, *self.connect]:
+            if not re.match(r"^(tcp|udp|tls|quic|ws)/[^\s/]+:\d{1,5}$", ep) and not ep.startswith("tcp/["):
+                raise ConfigError(f"endpoint {ep!r} is not of the form tcp/HOST:PORT")
+        try:
+            self.round_config()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        return self
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def from_sources(cls, toml_path: Path | None, overrides: dict[str, Any]) -> "NodeConfig":
+        values: dict[str, Any] = {}
+        if toml_path is not None:
+            try:
+                with open(toml_path, "rb") as fh:
+                    data = tomllib.load(fh)
+            except OSError as exc:
+                raise ConfigError(f"cannot read config file {toml_path}: {exc.strerror}") from None
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"config file {toml_path} is not valid TOML: {exc}") from None
+            unknown = set(data) - cls.field_names()
+            if unknown:
+                raise ConfigError(f"unknown key(s) in {toml_path}: {', '.join(sorted(unknown))}")
+            values.update(data)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        for key in ("state_dir", "identity", "allow_list", "data_dir"):
+            if values.get(key) is not None:
+                values[key] = Path(values[key])
+        for key in ("listen", "connect"):
+            if isinstance(values.get(key), str):
+                values[key] = [values[key]]
+        try:
+            cfg = cls(**values)
+        except TypeError as exc:
+            raise ConfigError(str(exc)) from None
+        return cfg.validate()
+
+    def to_toml(self) -> str:
+        """TOML text for this config (the testnet writes one per node)."""
+        lines = []
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if v is None:
+                continue
+            if isinstance(v, Path):
+                v = str(v)
+            if isinstance(v, bool):
+                lines.append(f"{f.name} = {'true' if v else 'false'}")
+            elif isinstance(v, (int, float)):
+                lines.append(f"{f.name} = {v!r}")
+            elif isinstance(v, str):
+                lines.append(f"{f.name} = {_toml_str(v)}")
+            elif isinstance(v, list):
+                lines.append(f"{f.name} = [{', '.join(_toml_str(x) for x in v)}]")
+        return "\n".join(lines) + "\n"
+
+
+def _toml_str(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'

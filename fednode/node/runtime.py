@@ -1,0 +1,338 @@
+"""The runtime of one peer: drives the sans-I/O round with a transport and the trainer.
+
+Threads:
+- transport callbacks (Zenoh threads) only put events on ``self._events``;
+- one worker thread runs the trainer's jobs (local steps, evaluations) in order;
+- the main loop takes events, feeds the state machine with the wall clock, and carries out
+  its actions: sends, timers, local steps, and at every round end a checkpoint (atomic,
+  fsynced) before the status goes out.
+
+A node alone keeps training; when peers appear it joins the gossip; a (re)starting node
+asks a live peer for the federation's round and model first (listen-only join).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fednode.gossip.events import (Abort, AdoptModel, Broadcast, Commit, Finished, LocalStepDone, Log,
+                                   MessageReceived, PeerJoined, PeerLeft, Rejected, Send, SetTimer,
+                                   StartLocalStep, TimerFired)
+from fednode.gossip.round import AGGREGATE, COMMITTING, DONE, SYNC, TRAIN, GossipNode
+from fednode.node.checkpoint import Checkpoint, atomic_write, load_checkpoint, save_checkpoint
+from fednode.node.config import NodeConfig
+from fednode.node.status import seal_status
+from fednode.security.arrays import Model
+from fednode.security.identity import AllowList, Identity, short_id
+
+log = logging.getLogger("fednode.node")
+
+_STATE_NAMES = {TRAIN: "training", AGGREGATE: "aggregating", COMMITTING: "committing", SYNC: "syncing",
+                DONE: "done"}
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    outcome: str
+    accuracy: float | None = None
+    loss: float | None = None
+    neighbours: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class NodeRuntime:
+    """One fednode peer. ``run()`` blocks until the configured rounds are done or ``stop()``."""
+
+    def __init__(self, config: NodeConfig, *, trainer: Any, identity: Identity, allow_list: AllowList,
+                 transport_factory: Callable[..., Any]) -> None:
+        self.config = config
+        self.trainer = trainer
+        self.identity = identity
+        self.allow_list = allow_list
+        self._transport_factory = transport_factory
+        self._events: queue.Queue = queue.Queue()
+        self._jobs: queue.Queue = queue.Queue()
+        self._stop = threading.Event()
+        self.history: list[RoundRecord] = []
+        self.restarts = 0
+        self.last_eval: tuple[float, float] | None = None
+        self._last_stats = None
+        self.machine: GossipNode | None = None
+        self.transport = None
+        self._deadline: float | None = None
+        self._finished_at: float | None = None
+        self._pending_records: dict[int, RoundRecord] = {}
+        self.timing = {"train_s": 0.0, "eval_s": 0.0, "handle_s": 0.0, "checkpoint_s": 0.0}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._events.put(None)
+
+    def _load_state(self) -> tuple[int, Model, bool]:
+        ckpt = load_checkpoint(self.config.checkpoint_path)
+        if ckpt is None:
+            return 0, self.trainer.init_params(), False
+        spec = self.trainer.model_spec
+        if not spec.matches(ckpt.model):
+            from fednode.node.checkpoint import CheckpointError
+            raise CheckpointError(f"checkpoint {self.config.checkpoint_path} holds a model of another shape "
+                                  f"(task changed?); move it away to start fresh")
+        if ckpt.optimizer:
+            try:
+                self.trainer.load_optimizer_state(ckpt.optimizer)
+            except Exception as exc:  # an optimizer mismatch is not fatal: restart the optimizer
+                log.warning("optimizer state in checkpoint not usable (%s); resetting it", exc)
+        self.restarts = ckpt.restarts + 1
+        meta_history = ckpt.meta.get("history") or []
+        for item in meta_history[-200:]:
+            if isinstance(item, dict):
+                self.history.append(RoundRecord(**{k: item.get(k) for k in ("round", "outcome", "accuracy",
+                                                                            "loss", "neighbours")}))
+        log.info("resuming from checkpoint: round %d (restart #%d)", ckpt.round, self.restarts)
+        return ckpt.round, ckpt.model, True
+
+    def run(self) -> int:
+        start_round, model, resumed = self._load_state()
+        self.machine = GossipNode(self.identity, self.allow_list, self.trainer.model_spec, model,
+                                  self.config.round_config(), start_round=start_round, joining=True)
+        # persist the restart count at once, so a crash loop is visible in the report
+        if resumed:
+            self._save_checkpoint(self.machine.round, self.machine.model)
+        worker = threading.Thread(target=self._worker, name="trainer", daemon=True)
+        worker.start()
+        self.transport = self._transport_factory(
+            on_message=lambda data: self._events.put(("msg", data)),
+            on_peer_joined=lambda peer: self._events.put(("joined", peer)),
+            on_peer_left=lambda peer: self._events.put(("left", peer)),
+            model_provider=None)
+        try:
+            self.transport.start()
+            log.info("node %s up in federation %r (%d admitted peers), task %s, shard %d examples",
+                     self.identity.short_id, self.config.federation, len(self.allow_list),
+                     self.config.task, getattr(self.trainer, "shard_size", -1))
+            if not resumed and self.config.min_peers > 0:
+                self._wait_for_peers()
+            for peer in sorted(self.transport.live_peers()):
+                self.machine.handle(PeerJoined(peer, time.time()))
+            self._apply(self.machine.start(time.time()))
+            self._loop()
+        finally:
+            self._jobs.put(None)
+            worker.join(timeout=30)
+            try:
+                self._write_status_file()
+            finally:
+                if self.transport is not None:
+                    self.transport.close()
+        return 0
+
+    def _wait_for_peers(self) -> None:
+        """Bootstrap quorum: a fresh node gives its peers a moment to come up before round 0."""
+        want, until = self.config.min_peers, time.time() + self.config.wait_peers_s
+        while not self._stop.is_set() and time.time() < until:
+            have = len(self.transport.live_peers() & set(self.allow_list.peer_ids))
+            if have >= want:
+                log.info("%d peer(s) live: starting", have)
+                return
+            time.sleep(0.1)
+        log.info("only %d of %d expected peers live after %.0f s: starting anyway",
+                 len(self.transport.live_peers()), want, self.config.wait_peers_s)
+
+    def _loop(self) -> None:
+        linger = self.config.linger_s if self.config.linger_s is not None else \
+            self.config.t_agg + self.config.t_commit
+        while not self._stop.is_set():
+            now = time.time()
+            if self._finished_at is not None and now >= self._finished_at + linger:
+                return
+            timeout = 1.0
+            if self._deadline is not None:
+                timeout = min(timeout, max(0.0, self._deadline - now))
+            try:
+                item = self._events.get(timeout=timeout)
+            except queue.Empty:
+                item = ("timer", None)
+            if item is None:
+                return
+            kind, payload = item
+            now = time.time()
+            if kind == "msg":
+                event = MessageReceived(payload, now)
+            elif kind == "joined":
+                event = PeerJoined(payload, now)
+            elif kind == "left":
+                event = PeerLeft(payload, now)
+            elif kind == "step":
+                rnd, model = payload
+                event = LocalStepDone(rnd, model, now)
+            elif kind == "eval":
+                self._on_eval(*payload)
+                continue
+            else:
+                if self._deadline is None or now < self._deadline:
+                    continue
+                event = TimerFired(now)
+            t0 = time.perf_counter()
+            actions = self.machine.handle(event)
+            self.timing["handle_s"] += time.perf_counter() - t0
+            self._apply(actions)
+
+    # ------------------------------------------------------------------ trainer worker
+
+    def _worker(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            kind, rnd, model = job
+            try:
+                if kind == "step":
+                    t0 = time.perf_counter()
+                    new = self.trainer.local_step(model)
+                    self.timing["train_s"] += time.perf_counter() - t0
+                    self._events.put(("step", (rnd, new)))
+                else:
+                    t0 = time.perf_counter()
+                    acc, loss = self.trainer.evaluate(model)
+                    self.timing["eval_s"] += time.perf_counter() - t0
+                    self._events.put(("eval", (rnd, float(acc), float(loss))))
+            except Exception:
+                log.exception("trainer job %s for round %d failed", kind, rnd)
+                if kind == "step":  # hand back x^r unchanged: the machine keeps going
+                    self._events.put(("step", (rnd, model)))
+
+    # ------------------------------------------------------------------ actions
+
+    def _apply(self, actions: list) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                self.transport.send(action.peer, action.data)
+            elif isinstance(action, Broadcast):
+                self.transport.broadcast(action.data)
+            elif isinstance(action, SetTimer):
+                self._deadline = action.deadline
+            elif isinstance(action, StartLocalStep):
+                self._jobs.put(("step", action.round, action.model))
+            elif isinstance(action, (Commit, Abort)):
+                self._on_round_end(action)
+            elif isinstance(action, AdoptModel):
+                log.info("adopted the model of %s at round %d (late join / resync)",
+                         short_id(action.source), action.round)
+                self._save_checkpoint(action.round, action.model)
+            elif isinstance(action, Finished):
+                log.info("finished %d rounds; answering peers for a few more seconds", action.round)
+                self._finished_at = time.time()
+            elif isinstance(action, Rejected):
+                log.debug("rejected a message: %s %s", action.reason, action.detail)
+            elif isinstance(action, Log):
+                getattr(log, action.level if action.level in ("debug", "info", "warning", "error") else "info")(
+                    action.text)
+        if self.machine is not None:
+            self._deadline = self.machine.next_deadline()
+
+    def _on_round_end(self, action: Commit | Abort) -> None:
+        s = action.stats
+        timings = {"total": s.total_s, "train": s.local_step_s, "hello": s.hello_wait_s,
+                   "aggregate": s.aggregate_s, "commit": s.commit_s}
+        if isinstance(action, Commit):
+            rec = RoundRecord(action.round, "commit", neighbours=len(action.used), timings=timings)
+        else:
+            rec = RoundRecord(action.round, action.reason, neighbours=0, timings=timings)
+        self._last_stats = s
+        self.history.append(rec)
+        self._pending_records[action.round] = rec
+        # x^{r+1} is durable before anything derived from it leaves this node
+        self._save_checkpoint(action.round + 1, action.model)
+        self._jobs.put(("eval", action.round, action.model))
+        if isinstance(action, Commit):
+            log.info("round %d: averaged with %d peer(s) (self weight %.2f) in %.2fs [train %.2f hello %.2f "
+                     "aggregate %.2f commit %.2f]", action.round, len(action.used), action.self_weight,
+                     s.total_s, s.local_step_s, s.hello_wait_s, s.aggregate_s, s.commit_s)
+        else:
+            log.info("round %d: no averaging (%s) in %.2fs", action.round, action.reason, s.total_s)
+
+    def _on_eval(self, rnd: int, acc: float, loss: float) -> None:
+        self.last_eval = (acc, loss)
+        rec = self._pending_records.pop(rnd, None)
+        if rec is not None:
+            rec.accuracy, rec.loss = acc, loss
+        log.info("round %d: test accuracy %.4f, loss %.4f", rnd, acc, loss)
+        self._publish_status()
+
+    # ------------------------------------------------------------------ persistence and status
+
+    def _save_checkpoint(self, next_round: int, model: Model) -> None:
+        t0 = time.perf_counter()
+        try:
+            optimizer = self.trainer.optimizer_state()
+        except Exception:
+            optimizer = {}
+        history = [{"round": r.round, "outcome": r.outcome, "accuracy": r.accuracy, "loss": r.loss,
+                    "neighbours": r.neighbours} for r in self.history[-200:]]
+        save_checkpoint(self.config.checkpoint_path, Checkpoint(
+            round=next_round, model=model, optimizer=optimizer, restarts=self.restarts,
+            meta={"federation": self.config.federation, "peer": self.identity.peer_id.hex(),
+                  "task": self.config.task, "saved_at": time.time(), "history": history}))
+        self.timing["checkpoint_s"] += time.perf_counter() - t0
+
+    def status_fields(self) -> dict[str, Any]:
+        m = self.machine
+        st = m.stats
+        acc, loss = self.last_eval if self.last_eval else (None, None)
+        last = self._last_stats
+        fields: dict[str, Any] = {
+            "peer": self.identity.peer_id.hex(), "short": self.identity.short_id,
+            "state": _STATE_NAMES.get(m.phase, m.phase), "round": m.round,
+            "rounds_completed": st.rounds_completed, "rounds_averaged": st.rounds_averaged,
+            "accuracy": acc, "loss": loss,
+            "neighbours": [short_id(p) for p in (last.neighbours if last else ())],
+            "bytes_in": self.transport.bytes_received if self.transport else st.bytes_in,
+            "bytes_out": self.transport.bytes_sent if self.transport else st.bytes_out,
+            "messages_in": st.messages_in, "messages_out": st.messages_out,
+            "rejects": dict(st.rejects), "aborts": dict(st.aborts), "retries": st.retries_sent,
+            "resyncs": st.resyncs, "drift_events": st.drift_events,
+            "timings": ({"total": last.total_s, "train": last.local_step_s, "hello": last.hello_wait_s,
+                         "aggregate": last.aggregate_s, "commit": last.commit_s} if last else {}),
+            "cumulative": {k: round(v, 4) for k, v in self.timing.items()},
+            "restarts": self.restarts, "task": self.config.task, "secure_aggregation": "off",
+            "epsilon": None, "time": time.time(),
+        }
+        return fields
+
+    def _publish_status(self) -> None:
+        fields = self.status_fields()
+        try:
+            data = seal_status(self.identity, self.config.federation, self.machine.round, fields)
+            self.transport.publish_status(data)
+        except Exception as exc:
+            log.warning("status publication failed: %s", exc)
+        self._write_status_file(fields)
+
+    def _write_status_file(self, fields: dict[str, Any] | None = None) -> None:
+        if self.machine is None:
+            return
+        fields = fields or self.status_fields()
+        fields = dict(fields)
+        fields["history"] = [{"round": r.round, "outcome": r.outcome, "accuracy": r.accuracy, "loss": r.loss,
+                              "neighbours": r.neighbours} for r in self.history]
+        atomic_write(self.config.status_path, json.dumps(fields, default=_json_default).encode(), mode=0o644)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, bytes):
+        return obj.hex()
+    raise TypeError(type(obj).__name__)

@@ -1,0 +1,393 @@
+"""``fednode testnet``: N real ``fednode start`` processes on loopback-only Zenoh.
+
+The launcher creates keys and an allow-list, writes one TOML config per node (multicast
+scouting pinned to ``lo``, listening on 127.0.0.1 only), starts the processes, shows live
+progress from the nodes' status files, optionally SIGKILLs a random node every
+``kill_every`` seconds and restarts it, and writes a JSON report. It ends every process it
+started, by PID, on every path (normal end, timeout, Ctrl-C, error).
+
+Report (a stable interface for scripts; more fields may be added, none removed):
+    federation (str), ok (bool), wall_time_s (float), rounds (int), task (str),
+    consensus_disagreement (float, ||X - JX||_F over the nodes' final models),
+    consensus_disagreement_relative (float, divided by ||JX||_F),
+    averaged_model_accuracy (float, the nodes' mean model on the common test set),
+    round_length_bound_s (float), errors (list[str]),
+    nodes: list of {index, peer_id, rounds_completed, test_accuracy, test_loss, bytes_sent,
+            bytes_received, restarts, exit_code, max_round_gap_s, rounds_went_backwards,
+            resumes: [{killed_at_round, checkpoint_round, resumed_at_round}], timings}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fednode.node.checkpoint import CheckpointError, load_checkpoint, peek_round
+from fednode.node.config import NodeConfig
+from fednode.security.identity import AllowList, Identity
+
+
+@dataclass
+class TestnetOptions:
+    __test__ = False  # not a pytest class
+
+    nodes: int = 4
+    rounds: int = 10
+    seed: int = 0
+    task: str = "digits"
+    split: str = "iid"
+    alpha: float = 0.5
+    federation: str | None = None
+    kill_every: float | None = None
+    restart_delay: float = 5.0
+    report: Path | None = None
+    workdir: Path | None = None
+    data_dir: str | None = None
+    local_epochs: float = 1.0
+    timeout: float = 1800.0
+    quiet: bool = False
+    keep: bool = False
+    extra_args: list[str] = field(default_factory=list)
+    t_hello: float = 2.0
+    t_agg: float = 5.0
+    t_commit: float = 2.0
+
+
+@dataclass
+class _Node:
+    index: int
+    state_dir: Path
+    config_path: Path
+    log_path: Path
+    peer_id: bytes
+    proc: subprocess.Popen | None = None
+    restarts: int = 0
+    killed: bool = False
+    restart_at: float | None = None
+    exit_code: int | None = None
+    max_round_seen: int = -1
+    went_backwards: bool = False
+    resumes: list[dict] = field(default_factory=list)
+    pending_resume: dict | None = None
+    last_progress_t: float | None = None
+    last_round_done: int = -1
+    max_gap: float = 0.0
+
+
+def _read_status(node: _Node) -> dict | None:
+    try:
+        return json.loads((node.state_dir / "status.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class Testnet:
+    __test__ = False
+
+    def __init__(self, opts: TestnetOptions) -> None:
+        if opts.nodes < 1:
+            raise ValueError("--nodes must be >= 1")
+        if opts.rounds < 1:
+            raise ValueError("--rounds must be >= 1")
+        self.opts = opts
+        self.federation = opts.federation or f"testnet-{secrets.token_hex(4)}"
+        self._own_workdir = opts.workdir is None
+        self.workdir = Path(opts.workdir) if opts.workdir else Path(tempfile.mkdtemp(prefix="fednode-testnet-"))
+        self.nodes: list[_Node] = []
+        self.rng = random.Random(opts.seed)
+        self.errors: list[str] = []
+        self.started_at = 0.0
+        self._env = dict(os.environ)
+        self._env.update({"FEDNODE_SINGLE_THREAD": "1", "JAX_PLATFORMS": "cpu",
+                          "PYTHONUNBUFFERED": "1",
+                          "JAX_COMPILATION_CACHE_DIR": str(self.workdir / "jax-cache")})
+
+    # ------------------------------------------------------------------ setup
+
+    def prepare(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        allow = AllowList()
+        idents = []
+        for i in range(self.opts.nodes):
+            d = self.workdir / f"node{i}"
+            d.mkdir(parents=True, exist_ok=True)
+            ident = Identity.generate()
+            ident.save(d / "identity.pem")
+            allow.add(ident.public_key_bytes, name=f"node{i}")
+            idents.append(ident)
+        allow_path = self.workdir / "allow_list.txt"
+        allow.to_file(allow_path)
+        for i, ident in enumerate(idents):
+            d = self.workdir / f"node{i}"
+            cfg = NodeConfig(federation=self.federation, state_dir=d, allow_list=allow_path,
+                             listen=["tcp/127.0.0.1:0"], interface="lo", multicast=True, task=self.opts.task,
+                             data_dir=Path(self.opts.data_dir) if self.opts.data_dir else None,
+                             split=self.opts.split, alpha=self.opts.alpha, node_index=i,
+                             node_count=self.opts.nodes, seed=self.opts.seed, rounds=self.opts.rounds,
+                             local_epochs=self.opts.local_epochs, t_hello=self.opts.t_hello,
+                             t_agg=self.opts.t_agg, t_commit=self.opts.t_commit,
+                             min_peers=self.opts.nodes - 1, lease_ms=2000).validate()
+            cfg_path = d / "config.toml"
+            cfg_path.write_text(cfg.to_toml())
+            self.nodes.append(_Node(i, d, cfg_path, d / "node.log", ident.peer_id))
+
+    def _launch(self, node: _Node) -> None:
+        log = open(node.log_path, "ab")
+        try:
+            node.proc = subprocess.Popen(
+                [sys.executable, "-m", "fednode", "start", "--config", str(node.config_path),
+                 *self.opts.extra_args],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self._env,
+                start_new_session=True)
+        finally:
+            log.close()
+        node.killed = False
+        node.exit_code = None
+
+    # ------------------------------------------------------------------ running
+
+    def run(self) -> dict[str, Any]:
+        self.started_at = time.time()
+        try:
+            for node in self.nodes:
+                self._launch(node)
+            self._monitor()
+        except _Abort:
+            pass
+        except KeyboardInterrupt:
+            self.errors.append("interrupted")
+            self._say("\ninterrupted: stopping every node")
+        finally:
+            self._stop_all()
+        wall = time.time() - self.started_at
+        report = self._report(wall)
+        if self.opts.report is not None:
+            Path(self.opts.report).write_text(json.dumps(report, indent=2))
+        if not self.opts.quiet:
+            self._print_summary(report)
+        if self._own_workdir and not self.opts.keep and report.get("ok"):
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        elif not self.opts.quiet:
+            print(f"node logs and state: {self.workdir}", file=sys.stderr)
+        return report
+
+    def _say(self, text: str) -> None:
+        if not self.opts.quiet:
+            print(text, file=sys.stderr, flush=True)
+
+    def _monitor(self) -> None:
+        deadline = self.started_at + self.opts.timeout
+        next_kill = self.started_at + self.opts.kill_every if self.opts.kill_every else None
+        last_print = 0.0
+        while True:
+            now = time.time()
+            self._poll_status(now)
+            for node in self.nodes:
+                if node.proc is not None and node.exit_code is None:
+                    code = node.proc.poll()
+                    if code is not None:
+                        node.exit_code = code
+                        if not node.killed and code != 0:
+                            tail = _log_tail(node.log_path)
+                            self.errors.append(f"node{node.index} exited with code {code}: {tail}")
+                if node.killed and node.restart_at is not None and now >= node.restart_at:
+                    node.restart_at = None
+                    node.restarts += 1
+                    self._say(f"restarting node{node.index}")
+                    self._launch(node)
+            if self.errors and any(n.exit_code not in (None, 0) and not n.killed for n in self.nodes):
+                # a node failed on its own (bad input, crash): report it instead of waiting
+                if now - self.started_at < 120 or all(n.exit_code is not None for n in self.nodes):
+                    raise _Abort()
+            if all(n.exit_code is not None and not n.killed for n in self.nodes):
+                return
+            if now >= deadline:
+                self.errors.append(f"timeout after {self.opts.timeout:.0f} s")
+                return
+            if next_kill is not None and now >= next_kill:
+                next_kill = now + self.opts.kill_every
+                self._kill_random(now)
+            if now - last_print >= (1.0 if sys.stderr.isatty() else 5.0):
+                last_print = now
+                self._progress(now)
+            time.sleep(0.2)
+
+    def _kill_random(self, now: float) -> None:
+        candidates = [n for n in self.nodes if n.proc is not None and n.exit_code is None and not n.killed]
+        unfinished = [n for n in candidates if n.last_round_done + 1 < self.opts.rounds]
+        if not unfinished:
+            return
+        node = self.rng.choice(unfinished)
+        node.proc.send_signal(signal.SIGKILL)
+        node.proc.wait(timeout=10)
+        node.killed = True
+        node.restart_at = now + self.opts.restart_delay
+        try:
+            ckpt_round = peek_round(node.state_dir / "checkpoint.fnck")
+        except (CheckpointError, OSError):
+            ckpt_round = 0
+        node.pending_resume = {"killed_at_round": node.max_round_seen, "checkpoint_round": ckpt_round,
+                               "resumed_at_round": None, "killed_at_s": round(now - self.started_at, 2)}
+        node.resumes.append(node.pending_resume)
+        self._say(f"SIGKILL node{node.index} at round {node.max_round_seen} (checkpoint round {ckpt_round})")
+
+    def _poll_status(self, now: float) -> None:
+        for node in self.nodes:
+            st = _read_status(node)
+            if st is None:
+                continue
+            rnd = int(st.get("round", 0))
+            if node.pending_resume is not None and node.restarts > 0 and not node.killed and \
+                    st.get("restarts", 0) >= node.restarts:
+                node.pending_resume["resumed_at_round"] = rnd
+                if rnd < node.pending_resume["checkpoint_round"]:
+                    node.went_backwards = True
+                node.pending_resume = None
+            if rnd < node.max_round_seen and st.get("restarts", 0) == node.restarts:
+                node.went_backwards = True
+            node.max_round_seen = max(node.max_round_seen, rnd)
+            done = rnd - 1
+            if done > node.last_round_done:
+                if node.last_progress_t is not None and not node.killed:
+                    node.max_gap = max(node.max_gap, now - node.last_progress_t)
+                node.last_progress_t = now
+                node.last_round_done = done
+
+    def _progress(self, now: float) -> None:
+        statuses = [_read_status(n) or {} for n in self.nodes]
+        rounds = [int(s.get("round", 0)) for s in statuses]
+        accs = [s.get("accuracy") for s in statuses if isinstance(s.get("accuracy"), float)]
+        alive = sum(1 for n in self.nodes if n.exit_code is None and not n.killed)
+        acc = f"acc mean {np.mean(accs):.3f} min {min(accs):.3f}" if accs else "acc -"
+        line = (f"[{now - self.started_at:6.1f}s] round min {min(rounds)} max {max(rounds)} / {self.opts.rounds}"
+                f" | {acc} | alive {alive}/{len(self.nodes)} | restarts {sum(n.restarts for n in self.nodes)}")
+        if sys.stderr.isatty() and not self.opts.quiet:
+            print("\r" + line.ljust(100), end="", file=sys.stderr, flush=True)
+        else:
+            self._say(line)
+
+    def _stop_all(self) -> None:
+        procs = [n.proc for n in self.nodes if n.proc is not None and n.proc.poll() is None]
+        for p in procs:
+            try:
+                p.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        end = time.time() + 10
+        for p in procs:
+            try:
+                p.wait(timeout=max(0.1, end - time.time()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=5)
+        for n in self.nodes:
+            if n.proc is not None and n.exit_code is None:
+                n.exit_code = n.proc.returncode
+
+    # ------------------------------------------------------------------ report
+
+    def _report(self, wall: float) -> dict[str, Any]:
+        nodes_out = []
+        vectors = []
+        models = []
+        for node in self.nodes:
+            st = _read_status(node) or {}
+            try:
+                ckpt = load_checkpoint(node.state_dir / "checkpoint.fnck")
+            except CheckpointError as exc:
+                self.errors.append(str(exc))
+                ckpt = None
+            if ckpt is not None:
+                names = sorted(ckpt.model)
+                vectors.append(np.concatenate([ckpt.model[k].astype(np.float64).ravel() for k in names]))
+                models.append(ckpt.model)
+            nodes_out.append({
+                "index": node.index, "peer_id": node.peer_id.hex(),
+                "rounds_completed": int(ckpt.round if ckpt else 0),
+                "test_accuracy": st.get("accuracy"), "test_loss": st.get("loss"),
+                "bytes_sent": int(st.get("bytes_out", 0)), "bytes_received": int(st.get("bytes_in", 0)),
+                "restarts": node.restarts, "exit_code": node.exit_code,
+                "max_round_gap_s": round(node.max_gap, 3), "rounds_went_backwards": node.went_backwards,
+                "resumes": node.resumes, "rounds_averaged": st.get("rounds_averaged"),
+                "aborts": st.get("aborts"), "rejects": st.get("rejects"), "timings": st.get("timings"),
+                "cumulative_timings": st.get("cumulative"),
+            })
+        disagreement = rel = None
+        avg_acc = None
+        if vectors and all(v.shape == vectors[0].shape for v in vectors):
+            X = np.stack(vectors)
+            mean = X.mean(axis=0)
+            disagreement = float(np.linalg.norm(X - mean))
+            rel = disagreement / max(1e-300, float(np.linalg.norm(np.tile(mean, (len(vectors), 1)))))
+            avg_acc = self._averaged_accuracy(models)
+        ok = (not self.errors and all(n["rounds_completed"] >= self.opts.rounds for n in nodes_out))
+        return {
+            "federation": self.federation, "ok": ok, "wall_time_s": round(wall, 3), "rounds": self.opts.rounds,
+            "task": self.opts.task, "split": self.opts.split, "alpha": self.opts.alpha, "seed": self.opts.seed,
+            "consensus_disagreement": disagreement, "consensus_disagreement_relative": rel,
+            "averaged_model_accuracy": avg_acc,
+            "round_length_bound_s": self.opts.t_hello + 3 * self.opts.t_agg + self.opts.t_commit,
+            "errors": self.errors, "nodes": nodes_out,
+        }
+
+    def _averaged_accuracy(self, models: list[dict]) -> float | None:
+        try:
+            from fednode.node.trainer import Trainer, resolve_task
+            trainer = Trainer(resolve_task(self.opts.task), seed=self.opts.seed, node_index=0,
+                              node_count=self.opts.nodes, split=self.opts.split, alpha=self.opts.alpha,
+                              data_dir=self.opts.data_dir)
+            avg = {k: np.mean([m[k].astype(np.float64) for m in models], axis=0).astype(models[0][k].dtype)
+                   for k in models[0]}
+            acc, _ = trainer.evaluate(avg)
+            return float(acc)
+        except Exception as exc:  # the report must still be written
+            self.errors.append(f"averaged-model evaluation failed: {exc}")
+            return None
+
+    def _print_summary(self, report: dict[str, Any]) -> None:
+        if sys.stderr.isatty():
+            print(file=sys.stderr)
+        print(f"testnet {report['federation']}: {'OK' if report['ok'] else 'FAILED'} in "
+              f"{report['wall_time_s']:.1f} s", file=sys.stderr)
+        for n in report["nodes"]:
+            acc = n["test_accuracy"]
+            print(f"  node{n['index']} {n['peer_id'][:12]} rounds {n['rounds_completed']:>4} "
+                  f"acc {acc if acc is None else f'{acc:.4f}'} restarts {n['restarts']}", file=sys.stderr)
+        if report["averaged_model_accuracy"] is not None:
+            print(f"  averaged model accuracy {report['averaged_model_accuracy']:.4f}, consensus disagreement "
+                  f"{report['consensus_disagreement']:.3g} (relative {report['consensus_disagreement_relative']:.3g})",
+                  file=sys.stderr)
+        for err in report["errors"]:
+            print(f"  error: {err}", file=sys.stderr)
+
+
+class _Abort(Exception):
+    pass
+
+
+def _log_tail(path: Path) -> str:
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "(no log)"
+    errs = [ln for ln in lines if "fednode: error:" in ln]
+    return (errs[-1] if errs else (lines[-1] if lines else "(empty log)"))[:300]
+
+
+def run_testnet(opts: TestnetOptions) -> dict[str, Any]:
+    net = Testnet(opts)
+    net.prepare()
+    return net.run()

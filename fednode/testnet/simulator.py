@@ -1,0 +1,273 @@
+"""Deterministic discrete-event simulator of a federation of :class:`GossipNode` state machines.
+
+A seeded virtual clock drives N real state machines (real Ed25519 signatures, real
+envelopes, real verification) over a simulated network with injectable delay, loss,
+duplication, reordering, node crashes and late joins. Local training is a cheap
+callable (for example :class:`fednode.testnet.problems.LeastSquares`), so hundreds of
+nodes run in seconds. Same seed, same run: every random choice comes from one
+``numpy.random.Generator`` and event ties break by insertion order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from fednode.gossip.config import RoundConfig
+from fednode.gossip.events import (Abort, AdoptModel, Broadcast, Commit, Finished, LocalStepDone, MessageReceived,
+                                   PeerJoined, PeerLeft, Send, SetTimer, StartLocalStep, TimerFired)
+from fednode.gossip.overlay import Overlay
+from fednode.gossip.round import GossipNode
+from fednode.security.arrays import Model, ModelSpec
+from fednode.security.identity import AllowList, Identity
+
+LocalStep = Callable[[int, Model], Model]
+"""(node index, x^r) -> x^{r+1/2}."""
+
+
+def identity_from_seed(seed: bytes) -> Identity:
+    """A deterministic identity for simulations (never for real nodes)."""
+    key = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"fednode/sim/key" + seed).digest())
+    return Identity(key)
+
+
+@dataclass(frozen=True)
+class NetworkConditions:
+    """What the simulated network does to every message."""
+
+    delay: float = 0.01
+    """Base one-way delay (s)."""
+    jitter: float = 0.005
+    """Uniform extra delay in [0, jitter) (s): enough to reorder messages sent close together."""
+    loss: float = 0.0
+    """Independent drop probability per message copy."""
+    duplicate: float = 0.0
+    """Probability that a message is delivered twice."""
+    reorder: float = 0.0
+    """Probability that a message gets an extra delay of up to ``reorder_delay``."""
+    reorder_delay: float = 0.5
+    membership_delay: float = 0.05
+    """Time for liveliness to report a join or a crash to the others."""
+
+
+@dataclass
+class NodeRecord:
+    """What happened at one simulated node."""
+
+    index: int
+    peer_id: bytes
+    machine: GossipNode
+    alive: bool = False
+    started_at: float | None = None
+    crashed_at: float | None = None
+    finished: bool = False
+    round_ends: list[tuple[int, float, str]] = field(default_factory=list)   # (round, time, "commit"/reason)
+    round_starts: dict[int, float] = field(default_factory=dict)
+    adopted: list[tuple[int, float]] = field(default_factory=list)
+    timer_deadline: float | None = None
+
+
+@dataclass
+class RoundSummary:
+    """Federation-wide view of one round, over the nodes that reported it."""
+
+    round: int
+    nodes: int
+    mean: np.ndarray
+    disagreement: float
+    """||X - JX||_F over the reporting nodes."""
+
+
+class Simulator:
+    """Run N gossip state machines on a virtual clock."""
+
+    def __init__(self, n: int, *, config: RoundConfig, initial_models: Sequence[Model] | Model,
+                 local_step: LocalStep | None = None, overlay_factory: Callable[[list[bytes]], Overlay] | None = None,
+                 conditions: NetworkConditions = NetworkConditions(), seed: int = 0, train_time: float = 0.05,
+                 train_jitter: float = 0.0, start_time: float = 1_800_000_000.0,
+                 late_joiners: dict[int, float] | None = None, crashes: dict[int, float] | None = None,
+                 keep_models: bool = True) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.config = config
+        self.conditions = conditions
+        self.local_step = local_step or (lambda i, m: {k: np.array(v, copy=True) for k, v in m.items()})
+        self.train_time = train_time
+        self.train_jitter = train_jitter
+        self.now = start_time
+        self.start_time = start_time
+        self.keep_models = keep_models
+        self._queue: list[tuple[float, int, int, object]] = []
+        self._seq = itertools.count()
+        identities = [identity_from_seed(seed.to_bytes(8, "big") + i.to_bytes(4, "big")) for i in range(n)]
+        self.allow_list = AllowList()
+        for ident in identities:
+            self.allow_list.add(ident.public_key_bytes)
+        self.peer_ids = [ident.peer_id for ident in identities]
+        self.index_of = {p: i for i, p in enumerate(self.peer_ids)}
+        overlay = overlay_factory(self.peer_ids) if overlay_factory else None
+        models = list(initial_models) if isinstance(initial_models, Sequence) else [initial_models] * n
+        if len(models) != n:
+            raise ValueError("need one initial model per node")
+        self.spec = ModelSpec.of(models[0])
+        late = dict(late_joiners or {})
+        self.crash_at = dict(crashes or {})
+        initial = [i for i in range(n) if i not in late]
+        node_rng = np.random.default_rng(seed + 1)
+        self.nodes: list[NodeRecord] = []
+        for i, ident in enumerate(identities):
+            members = [self.peer_ids[j] for j in initial if j != i] if i in initial else \
+                [self.peer_ids[j] for j in initial]
+            nonce_rng = np.random.default_rng(node_rng.integers(2**63))
+            machine = GossipNode(ident, self.allow_list, self.spec, models[i], config, overlay=overlay,
+                                 members=members, nonce_source=lambda k, r=nonce_rng: r.bytes(k),
+                                 joining=i in late)
+            self.nodes.append(NodeRecord(i, ident.peer_id, machine))
+        for i in initial:
+            self._schedule(start_time, i, "start")
+        for i, t in late.items():
+            self._schedule(start_time + t, i, "start")
+        for i, t in self.crash_at.items():
+            self._schedule(start_time + t, i, "crash")
+        self.models_by_round: dict[int, dict[int, np.ndarray]] = {}
+        self.initial_vectors = {i: self.spec.flatten(models[i]) for i in range(n)}
+        self.messages_sent = 0
+        self.messages_dropped = 0
+
+    # ------------------------------------------------------------------ scheduling
+
+    def _schedule(self, at: float, node: int, item: object) -> None:
+        heapq.heappush(self._queue, (at, next(self._seq), node, item))
+
+    def _deliver(self, sender: int, target: int, data: bytes) -> None:
+        c = self.conditions
+        self.messages_sent += 1
+        copies = 2 if c.duplicate and self.rng.random() < c.duplicate else 1
+        for _ in range(copies):
+            if c.loss and self.rng.random() < c.loss:
+                self.messages_dropped += 1
+                continue
+            delay = c.delay + (self.rng.random() * c.jitter if c.jitter else 0.0)
+            if c.reorder and self.rng.random() < c.reorder:
+                delay += self.rng.random() * c.reorder_delay
+            self._schedule(self.now + delay, target, ("msg", data))
+
+    # ------------------------------------------------------------------ running
+
+    def run(self, *, until: float | None = None, max_events: int = 50_000_000) -> None:
+        """Process events until every live node finished, the queue is empty, or ``until`` (relative s)."""
+        limit = None if until is None else self.start_time + until
+        for _ in range(max_events):
+            if not self._queue or self._all_done():
+                return
+            at, _, idx, item = heapq.heappop(self._queue)
+            if limit is not None and at > limit:
+                heapq.heappush(self._queue, (at, next(self._seq), idx, item))
+                return
+            self.now = at
+            self._step(idx, item)
+        raise RuntimeError("simulation did not finish within max_events")
+
+    def _all_done(self) -> bool:
+        """Every node has started (or crashed) and every live one finished its rounds."""
+        if any(rec.started_at is None and rec.index not in self.crash_at for rec in self.nodes):
+            return False
+        return all(rec.finished for rec in self.nodes if rec.alive)
+
+    def _step(self, idx: int, item: object) -> None:
+        rec = self.nodes[idx]
+        if item == "start":
+            rec.alive = True
+            rec.started_at = self.now
+            for other in self.nodes:
+                if other.index != idx and other.alive:
+                    self._schedule(self.now + self.conditions.membership_delay, other.index, ("joined", rec.peer_id))
+            self._apply(rec, rec.machine.start(self.now))
+            return
+        if item == "crash":
+            if rec.alive:
+                rec.alive = False
+                rec.crashed_at = self.now
+                for other in self.nodes:
+                    if other.index != idx and other.alive:
+                        self._schedule(self.now + self.conditions.membership_delay, other.index,
+                                       ("left", rec.peer_id))
+            return
+        if not rec.alive:
+            return
+        kind, payload = item  # type: ignore[misc]
+        if kind == "msg":
+            event = MessageReceived(payload, self.now)
+        elif kind == "joined":
+            event = PeerJoined(payload, self.now)
+        elif kind == "left":
+            event = PeerLeft(payload, self.now)
+        elif kind == "timer":
+            if rec.timer_deadline is None or payload != rec.timer_deadline:
+                return  # superseded
+            event = TimerFired(self.now)
+        elif kind == "step":
+            rnd, model = payload
+            event = LocalStepDone(rnd, model, self.now)
+        else:  # pragma: no cover
+            raise ValueError(kind)
+        self._apply(rec, rec.machine.handle(event))
+
+    def _apply(self, rec: NodeRecord, actions: list) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                target = self.index_of.get(action.peer)
+                if target is not None:
+                    self._deliver(rec.index, target, action.data)
+            elif isinstance(action, Broadcast):
+                for other in self.nodes:
+                    if other.index != rec.index:
+                        self._deliver(rec.index, other.index, action.data)
+            elif isinstance(action, SetTimer):
+                rec.timer_deadline = action.deadline
+                self._schedule(max(self.now, action.deadline), rec.index, ("timer", action.deadline))
+            elif isinstance(action, StartLocalStep):
+                rec.round_starts[action.round] = self.now
+                duration = self.train_time * (1.0 + self.train_jitter * self.rng.random())
+                model = self.local_step(rec.index, action.model)
+                self._schedule(self.now + duration, rec.index, ("step", (action.round, model)))
+            elif isinstance(action, (Commit, Abort)):
+                label = "commit" if isinstance(action, Commit) else action.reason
+                rec.round_ends.append((action.round, self.now, label))
+                if self.keep_models:
+                    self.models_by_round.setdefault(action.round, {})[rec.index] = self.spec.flatten(action.model)
+            elif isinstance(action, AdoptModel):
+                rec.adopted.append((action.round, self.now))
+            elif isinstance(action, Finished):
+                rec.finished = True
+
+    # ------------------------------------------------------------------ analysis
+
+    def live_nodes(self) -> list[NodeRecord]:
+        return [rec for rec in self.nodes if rec.alive]
+
+    def final_vectors(self, live_only: bool = True) -> dict[int, np.ndarray]:
+        return {rec.index: self.spec.flatten(rec.machine.model) for rec in self.nodes
+                if rec.alive or not live_only}
+
+    def summary(self, round: int) -> RoundSummary:
+        vecs = self.models_by_round[round]
+        X = np.stack([vecs[i] for i in sorted(vecs)])
+        mean = X.mean(axis=0)
+        return RoundSummary(round, len(vecs), mean, float(np.linalg.norm(X - mean)))
+
+    def round_durations(self, idx: int) -> list[float]:
+        """Wall (virtual) seconds of each round node ``idx`` completed, from start to commit/abort."""
+        rec = self.nodes[idx]
+        out = []
+        prev = rec.started_at
+        for rnd, t, _ in rec.round_ends:
+            if prev is not None:
+                out.append(t - prev)
+            prev = t
+        return out

@@ -1,0 +1,180 @@
+"""Paths of the sans-I/O round state machine, driven directly or through the simulator."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fednode.gossip.config import RoundConfig
+from fednode.gossip.events import (Abort, AdoptModel, Commit, LocalStepDone, MessageReceived, PeerJoined, PeerLeft,
+                                   Rejected, Send, StartLocalStep, TimerFired)
+from fednode.gossip.overlay import StaticOverlay
+from fednode.gossip.round import GossipNode
+from fednode.security.arrays import ModelSpec
+from fednode.security.envelope import MsgType, seal
+from fednode.security.identity import AllowList
+from fednode.testnet.simulator import NetworkConditions, Simulator, identity_from_seed
+
+T0 = 1_800_000_000.0
+
+
+def _nodes(n: int, cfg: RoundConfig, dim: int = 3):
+    ids = [identity_from_seed(bytes([i])) for i in range(n)]
+    allow = AllowList()
+    for ident in ids:
+        allow.add(ident.public_key_bytes)
+    spec = ModelSpec((("w", "<f8", (dim,)),))
+    machines = [GossipNode(ident, allow, spec, {"w": np.full(dim, float(i))}, cfg,
+                           members=[o.peer_id for o in ids if o is not ident]) for i, ident in enumerate(ids)]
+    return ids, allow, spec, machines
+
+
+def _model_hash(m: GossipNode) -> str:
+    return hashlib.sha256(b"".join(m.model[k].tobytes() for k in sorted(m.model))).hexdigest()
+
+
+def test_two_nodes_average_exactly():
+    cfg = RoundConfig(federation="t", max_rounds=1)
+    ids, _, _, (a, b) = _nodes(2, cfg)
+    inbox = {a.me: [], b.me: []}
+
+    def run(machine, actions):
+        for act in actions:
+            if isinstance(act, Send):
+                inbox[act.peer].append(act.data)
+            elif isinstance(act, StartLocalStep):
+                inbox[machine.me].append(("step", act.round, act.model))
+        return actions
+
+    ends = []
+    run(a, a.start(T0))
+    run(b, b.start(T0))
+    for _ in range(20):
+        for m in (a, b):
+            items, inbox[m.me] = inbox[m.me], []
+            for item in items:
+                ev = LocalStepDone(item[1], item[2], T0 + 0.1) if isinstance(item, tuple) else \
+                    MessageReceived(item, T0 + 0.1)
+                ends += [x for x in run(m, m.handle(ev)) if isinstance(x, (Commit, Abort))]
+    assert len(ends) == 2 and all(isinstance(e, Commit) for e in ends)
+    # W_ab = 1/(1+max(1,1)) = 1/2: both end at the mean, 0.5
+    assert np.array_equal(a.model["w"], np.full(3, 0.5)) and np.array_equal(b.model["w"], np.full(3, 0.5))
+
+
+def test_silent_crash_costs_retries_then_abort_below_u_min():
+    cfg = RoundConfig(federation="t", max_rounds=1, t_hello=1.0, t_agg=1.0, t_commit=1.0, min_contributors=2,
+                      max_retries=2)
+    sim = Simulator(3, config=cfg, initial_models=[{"w": np.full(2, float(i))} for i in range(3)],
+                    conditions=NetworkConditions(membership_delay=1e6), crashes={2: 0.06}, train_time=0.05)
+    sim.run(until=30)
+    for rec in sim.nodes[:2]:
+        assert rec.round_ends[0][2] == "too_few_contributions"
+        assert rec.machine.stats.retries_sent == 2
+        # contributions went out at ~t_hello (node 2's HELLO never came); then (A_max + 1) * t_agg at most
+        assert rec.round_ends[0][1] - sim.start_time <= cfg.round_length_bound(0.05)
+        assert np.array_equal(rec.machine.model["w"], np.full(2, float(rec.index)))  # kept its own model
+
+
+def test_peer_left_stops_the_wait_at_once():
+    cfg = RoundConfig(federation="t", max_rounds=1, t_hello=1.0, t_agg=5.0, t_commit=1.0)
+    sim = Simulator(3, config=cfg, initial_models=[{"w": np.full(2, float(i))} for i in range(3)],
+                    conditions=NetworkConditions(membership_delay=0.01), crashes={2: 0.06}, train_time=0.05)
+    sim.run(until=30)
+    for rec in sim.nodes[:2]:
+        end = rec.round_ends[0]
+        assert end[2] == "commit"
+        assert end[1] - sim.start_time < 1.5  # no t_agg timeout was needed
+    assert np.allclose(sim.nodes[0].machine.model["w"], sim.nodes[1].machine.model["w"])
+
+
+def test_rejected_bytes_never_raise_and_leave_the_model_unchanged():
+    cfg = RoundConfig(federation="t")
+    ids, allow, spec, (a, b) = _nodes(2, cfg)
+    a.start(T0)
+    before = _model_hash(a)
+    good = seal(ids[1], msg_type=MsgType.CONTRIBUTE, recipient=a.me, federation="t", round=0,
+                arrays={"w": np.full(3, 7.0)}, spec=spec, meta={"d": 1}, now_ms=int(T0 * 1000))
+    bad_inputs = [b"", b"\x00", good[:-1], bytes(len(good)), good[:40] + bytes([good[40] ^ 1]) + good[41:]]
+    nan = seal(ids[1], msg_type=MsgType.CONTRIBUTE, recipient=a.me, federation="t", round=0,
+               arrays={"w": np.array([np.nan, 0, 0])}, spec=spec, meta={"d": 1}, now_ms=int(T0 * 1000))
+    wrong_shape = seal(ids[1], msg_type=MsgType.CONTRIBUTE, recipient=a.me, federation="t", round=0,
+                       arrays={"w": np.zeros(4)}, meta={"d": 1}, now_ms=int(T0 * 1000))
+    stranger = identity_from_seed(b"stranger")
+    foreign = seal(stranger, msg_type=MsgType.CONTRIBUTE, recipient=a.me, federation="t", round=0,
+                   arrays={"w": np.zeros(3)}, spec=spec, meta={"d": 1}, now_ms=int(T0 * 1000))
+    for data in [*bad_inputs, nan, wrong_shape, foreign]:
+        out = a.handle(MessageReceived(data, T0 + 0.01))
+        assert any(isinstance(x, Rejected) for x in out)
+        assert _model_hash(a) == before
+    assert sum(a.stats.rejects.values()) == len(bad_inputs) + 3
+
+
+@settings(derandomize=True, max_examples=200, deadline=None)
+@given(data=st.binary(max_size=512))
+def test_machine_survives_arbitrary_bytes(data):
+    cfg = RoundConfig(federation="t")
+    _, _, _, (a, _) = _nodes(2, cfg)
+    a.start(T0)
+    before = _model_hash(a)
+    out = a.handle(MessageReceived(data, T0))
+    assert any(isinstance(x, Rejected) for x in out)
+    assert _model_hash(a) == before
+
+
+def test_messages_for_the_next_rounds_are_buffered_not_lost():
+    cfg = RoundConfig(federation="t")
+    ids, allow, spec, (a, b) = _nodes(2, cfg)
+    a.start(T0)
+    early = seal(ids[1], msg_type=MsgType.HELLO, recipient=a.me, federation="t", round=2,
+                 meta={"n": [a.me], "d": 1, "epk": b""}, now_ms=int(T0 * 1000))
+    a.handle(MessageReceived(early, T0))
+    assert 2 in a._buffer and len(a._buffer[2]) == 1
+    too_far = seal(ids[1], msg_type=MsgType.CONTRIBUTE, recipient=a.me, federation="t", round=3,
+                   arrays={"w": np.zeros(3)}, spec=spec, meta={"d": 1}, now_ms=int(T0 * 1000))
+    out = a.handle(MessageReceived(too_far, T0))
+    assert [x.reason for x in out if isinstance(x, Rejected)] == ["future_round"]
+
+
+def test_far_ahead_hello_fetches_the_model_and_jumps():
+    cfg = RoundConfig(federation="t")
+    ids, allow, spec, (a, b) = _nodes(2, cfg)
+    b.round_number = 40
+    a.start(T0)
+    hello = seal(ids[1], msg_type=MsgType.HELLO, recipient=a.me, federation="t", round=40,
+                 meta={"n": [a.me], "d": 1, "epk": b""}, now_ms=int(T0 * 1000))
+    out = a.handle(MessageReceived(hello, T0 + 0.1))
+    requests = [x for x in out if isinstance(x, Send) and x.kind == "model_request"]
+    assert len(requests) == 1 and requests[0].peer == b.me
+    b.start(T0)
+    replies = [x for x in b.handle(MessageReceived(requests[0].data, T0 + 0.2))
+               if isinstance(x, Send) and x.kind == "model_reply"]
+    out = a.handle(MessageReceived(replies[0].data, T0 + 0.3))
+    adopted = [x for x in out if isinstance(x, AdoptModel)]
+    assert adopted and adopted[0].round == 40 and a.round == 40
+    assert np.array_equal(a.model["w"], b.model["w"])
+
+
+def test_round_counter_never_goes_backwards_on_stale_model_reply():
+    cfg = RoundConfig(federation="t")
+    ids, allow, spec, (a, b) = _nodes(2, cfg)
+    a.round_number = 10
+    a.phase = "sync"
+    a.start(T0)
+    reply = seal(ids[1], msg_type=MsgType.MODEL_REPLY, recipient=a.me, federation="t", round=9,
+                 arrays={"w": np.full(3, 99.0)}, spec=spec, meta={"r": 9}, now_ms=int(T0 * 1000))
+    out = a.handle(MessageReceived(reply, T0 + 0.1))
+    assert not any(isinstance(x, AdoptModel) for x in out)
+    assert a.round == 10 and np.array_equal(a.model["w"], np.zeros(3))  # kept its own, fresher state
+
+
+def test_unknown_peer_membership_is_ignored():
+    cfg = RoundConfig(federation="t")
+    _, _, _, (a, _) = _nodes(2, cfg)
+    a.start(T0)
+    a.handle(PeerJoined(b"\x01" * 32, T0))
+    assert b"\x01" * 32 not in a.members
+    a.handle(PeerLeft(b"\x01" * 32, T0))
+    a.handle(TimerFired(T0 + 100))
