@@ -435,13 +435,16 @@ class GossipNode:
 
     def _verify(self, data: bytes, now: float) -> Message | Reject:
         future = {int(MsgType.HELLO)}
+        past = {int(MsgType.MODEL_REQUEST)}
         current = self.round_number
-        if self.phase == SYNC:
+        if self.phase == SYNC:  # a syncing node takes a model reply from any round (it decides on its own)
             future.add(int(MsgType.MODEL_REPLY))
+            past.add(int(MsgType.MODEL_REPLY))
         ctx = VerifyContext(
             self_id=self.me, federation=self.config.federation, allow_list=self.allow_list,
             current_round=current, now_ms=int(now * 1000), replay=self._replay, model_spec=self.spec,
-            unbounded_future_types=frozenset(future), rounds_behind=self.config.rounds_behind,
+            unbounded_future_types=frozenset(future), unbounded_past_types=frozenset(past),
+            rounds_behind=self.config.rounds_behind,
             rounds_ahead=self.config.rounds_ahead, timestamp_window_ms=int(self.config.timestamp_window_s * 1000),
             max_message_bytes=self.config.max_message_bytes, max_abs=self.config.max_abs,
             offenders=self._offenders)

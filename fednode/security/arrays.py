@@ -9,6 +9,7 @@ before it reads a single payload byte.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -59,6 +60,8 @@ class ModelSpec:
                     isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**31 for d in shape):
                 raise ValueError("bad layout shape")
             entries.append((name, dtype, tuple(shape)))
+        if len({e[0] for e in entries}) != len(entries):
+            raise ValueError("duplicate array name in layout")
         return cls(tuple(entries))
 
     def to_layout(self) -> list:
@@ -76,11 +79,11 @@ class ModelSpec:
     @property
     def size(self) -> int:
         """Total number of scalars."""
-        return int(sum(int(np.prod(s, dtype=np.int64)) for _, _, s in self.entries))
+        return sum(math.prod(s) for _, _, s in self.entries)  # Python ints: np.prod(int64) wraps silently
 
     @property
     def nbytes(self) -> int:
-        return int(sum(int(np.prod(s, dtype=np.int64)) * np.dtype(d).itemsize for _, d, s in self.entries))
+        return sum(math.prod(s) * np.dtype(d).itemsize for _, d, s in self.entries)
 
     def zeros(self) -> Model:
         return {n: np.zeros(s, dtype=np.dtype(d).newbyteorder("=")) for n, d, s in self.entries}
@@ -107,7 +110,7 @@ class ModelSpec:
         out: Model = {}
         offset = 0
         for name, dtype, shape in self.entries:
-            n = int(np.prod(shape, dtype=np.int64))
+            n = math.prod(shape)
             out[name] = vector[offset:offset + n].astype(np.dtype(dtype).newbyteorder("="), copy=True).reshape(shape)
             offset += n
         return out
@@ -137,7 +140,7 @@ def decode_arrays(payload: bytes, spec: ModelSpec) -> Model:
     offset = 0
     for name, dtype, shape in spec.entries:
         dt = np.dtype(dtype)
-        n = int(np.prod(shape, dtype=np.int64))
+        n = math.prod(shape)
         arr = np.frombuffer(payload, dtype=dt, count=n, offset=offset).reshape(shape)
         out[name] = arr
         offset += n * dt.itemsize
