@@ -78,7 +78,7 @@ def test_duplicates_and_reordering_do_not_break_exactness():
 
 
 def _fault_run(seed: int, n: int = 12, rounds: int = 12):
-    cfg = RoundConfig(federation="faults", max_rounds=rounds, t_hello=1.0, t_agg=1.0, t_commit=1.0, degree=4)
+    cfg = RoundConfig(federation="faults", max_rounds=rounds, t_hello=4.0, t_agg=1.0, t_commit=1.0, degree=4)
     X0 = np.random.default_rng(seed).normal(size=(n, 5))
     train_time = 0.2
     sim = Simulator(n, config=cfg, initial_models=[{"w": X0[i]} for i in range(n)], seed=seed,

@@ -16,8 +16,10 @@ AGGREGATORS = ("gossip", "clipped", "trimmed_mean", "median")
 class RoundConfig:
     federation: str
     # --- timeouts
-    t_hello: float = 2.0
-    """Wait this long after the round starts for HELLOs of the proposed neighbours."""
+    t_hello: float = 5.0
+    """Wait at most this long after the round starts for HELLOs of the proposed neighbours (the wait
+    ends as soon as all have arrived). Long enough to cover a neighbour still finishing the previous
+    round's retries keeps the federation in step; too short and fast nodes race ahead and resync."""
     t_agg: float = 5.0
     """Wait this long for contributions per attempt (PROTOCOL T_agg)."""
     t_commit: float = 2.0

@@ -96,6 +96,7 @@ class _Round:
     commit_deadline: float | None = None
     commits: dict[bytes, frozenset[bytes]] = field(default_factory=dict)
     commit_sends: Counter = field(default_factory=Counter)
+    commit_nudge_at: float = float("inf")
     hello_resent: bool = False
 
     @property
@@ -217,13 +218,15 @@ class GossipNode:
         self._send(out, peer, data, "contribute")
 
     def _send_commit(self, rnd: _Round, peer: bytes, now: float, out: list[Action]) -> None:
+        """COMMIT(U_i) to ``peer``; ``w`` lists the peers whose COMMIT we still await (they re-send theirs)."""
         assert rnd.used is not None
         attempt = rnd.commit_sends[peer]
-        if attempt > self.config.max_retries + 2:
+        if attempt > self.config.max_retries + 4:
             return
         rnd.commit_sends[peer] += 1
+        waiting = sorted(rnd.used - set(rnd.commits) - rnd.gone) if rnd is self._cur else []
         data = self._seal(MsgType.COMMIT, peer, rnd.number, now, attempt=attempt,
-                          meta={"u": sorted(rnd.used), "d": rnd.degree})
+                          meta={"u": sorted(rnd.used), "d": rnd.degree, "w": waiting})
         self._send(out, peer, data, "commit")
 
     # ------------------------------------------------------------------ round lifecycle
@@ -367,7 +370,8 @@ class GossipNode:
     def _advance_aggregate(self, now: float, out: list[Action]) -> None:
         rnd = self._cur
         assert rnd is not None and rnd.agg_deadline is not None
-        missing = set(rnd.edges) - set(rnd.contributions) - rnd.gone
+        excluded_us = {p for p, u in rnd.commits.items() if self.me not in u}
+        missing = set(rnd.edges) - set(rnd.contributions) - rnd.gone - excluded_us
         if missing and now < rnd.agg_deadline:
             return
         if missing and rnd.attempt < self.config.max_retries:
@@ -394,6 +398,7 @@ class GossipNode:
         rnd.used = frozenset(used)
         rnd.aggregated_at = now
         rnd.commit_deadline = now + self.config.t_commit
+        rnd.commit_nudge_at = now + self.config.t_commit / 3
         for peer in sorted(rnd.edges):
             if peer not in rnd.gone:
                 self._send_commit(rnd, peer, now, out)
@@ -407,6 +412,11 @@ class GossipNode:
             return
         waiting = rnd.used - set(rnd.commits) - rnd.gone
         if waiting and now < rnd.commit_deadline:
+            if now >= rnd.commit_nudge_at:
+                # our COMMIT or theirs may be lost: re-send ours, asking for theirs
+                rnd.commit_nudge_at = now + self.config.t_commit / 3
+                for peer in sorted(waiting):
+                    self._send_commit(rnd, peer, now, out)
             return
         final = {p for p in rnd.used if p in rnd.commits and self.me in rnd.commits[p]}
         drift = tuple(sorted(p for p in rnd.used if p not in rnd.commits))
@@ -548,6 +558,7 @@ class GossipNode:
                 self._reject(out, Reject("bad_meta", sender=sender, detail="commit"))
                 return
             rnd.commits.setdefault(sender, used)
+            self._answer_commit_request(rnd, msg, now, out)
 
     def _maybe_late_edge(self, rnd: _Round, peer: bytes, degree: int, now: float, out: list[Action]) -> None:
         """An edge discovered after contributions went out (lost or late HELLO)."""
@@ -576,9 +587,16 @@ class GossipNode:
             self._send_commit(rnd, msg.sender, now, out)
             if msg.sender in rnd.used and rnd.half is not None:
                 self._send_contribution(rnd, msg.sender, now, out, attempt=msg.attempt)
-        elif t == MsgType.COMMIT and rnd.used is not None and msg.sender in rnd.used:
-            if msg.sender not in rnd.commits:
+        elif t == MsgType.COMMIT and rnd.used is not None:
+            self._answer_commit_request(rnd, msg, now, out)
+            if msg.sender in rnd.used and msg.sender not in rnd.commits:
                 self.stats.drift_events += 1  # we excluded it after a timeout; it may have used us
+
+    def _answer_commit_request(self, rnd: _Round, msg: Message, now: float, out: list[Action]) -> None:
+        """The sender still waits for our COMMIT (ours was lost): send it again."""
+        waiting = self._peer_set(msg, "w")
+        if rnd.used is not None and waiting and self.me in waiting:
+            self._send_commit(rnd, msg.sender, now, out)
 
     # ------------------------------------------------------------------ resync and late join
 
@@ -664,7 +682,7 @@ class GossipNode:
         if self.phase == AGGREGATE:
             return rnd.agg_deadline
         if self.phase == COMMITTING:
-            return rnd.commit_deadline
+            return min(rnd.commit_deadline, rnd.commit_nudge_at)
         return None
 
     def _finish(self, out: list[Action]) -> list[Action]:

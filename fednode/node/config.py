@@ -58,7 +58,7 @@ class NodeConfig:
     """L2 bound on each round's local update (None: off)."""
     # gossip round
     degree: int = 4
-    t_hello: float = 2.0
+    t_hello: float = 5.0
     t_agg: float = 5.0
     t_commit: float = 2.0
     max_retries: int = 2

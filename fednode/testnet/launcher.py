@@ -61,7 +61,7 @@ class TestnetOptions:
     quiet: bool = False
     keep: bool = False
     extra_args: list[str] = field(default_factory=list)
-    t_hello: float = 2.0
+    t_hello: float = 5.0
     t_agg: float = 5.0
     t_commit: float = 2.0
 
