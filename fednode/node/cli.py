@@ -141,9 +141,10 @@ def cmd_start(args: argparse.Namespace) -> int:
     if identity.peer_id not in allow_list:
         raise UserError(f"this node's own key is not on the allow-list {cfg.allow_list_path}")
     _setup_logging(cfg.log_level, identity.short_id)
-    from fednode.node.trainer import Trainer, configure_jax_for_multiprocess, resolve_task
+    from fednode.node.trainer import configure_jax_for_multiprocess
     if os.environ.get("FEDNODE_SINGLE_THREAD") == "1":
-        configure_jax_for_multiprocess()
+        configure_jax_for_multiprocess()  # before JAX is imported
+    from fednode.node.trainer import Trainer, resolve_task
     task = resolve_task(cfg.task)
     trainer = Trainer(task, seed=cfg.seed, node_index=cfg.node_index, node_count=cfg.node_count,
                       split=cfg.split, alpha=cfg.alpha, data_dir=cfg.data_dir, local_epochs=cfg.local_epochs,
