@@ -33,8 +33,9 @@ class RoundConfig:
     """u_min: fewer usable contributions than this aborts the round (self-loop).
     1 in plaintext mode; secure aggregation raises it to 3."""
     # --- overlay
-    degree: int = 4
-    """Overlay degree; a federation of at most degree + 1 members is a full mesh."""
+    degree: int = 8
+    """Overlay degree; a federation of at most degree + 1 members is a full mesh (exact averaging
+    each round, like FedAvg, at degree x model size per node per round)."""
     # --- message windows
     rounds_behind: int = 1
     rounds_ahead: int = 2

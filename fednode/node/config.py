@@ -57,7 +57,7 @@ class NodeConfig:
     clip: float | None = None
     """L2 bound on each round's local update (None: off)."""
     # gossip round
-    degree: int = 4
+    degree: int = 8
     t_hello: float = 5.0
     t_agg: float = 5.0
     t_commit: float = 2.0
