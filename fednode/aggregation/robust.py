@@ -1,0 +1,72 @@
+"""Byzantine-robust aggregation rules (plaintext mode only): ClippedGossip, trimmed mean, median."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Mapping, Sequence
+
+import numpy as np
+
+from fednode.security.arrays import Model
+
+
+def clip_vector(v: np.ndarray, tau: float | None) -> np.ndarray:
+    """v * min(1, tau / ||v||): tau None or inf is the identity; the zero vector is safe."""
+    v = np.asarray(v, dtype=np.float64)
+    if tau is None or math.isinf(tau):
+        return v
+    norm = float(np.linalg.norm(v))
+    return v if norm <= tau else v * (tau / norm)
+
+
+def _diff_norm(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> float:
+    return math.sqrt(sum(float(np.sum((np.asarray(a[k], np.float64) - np.asarray(b[k], np.float64)) ** 2))
+                         for k in a))
+
+
+def adaptive_tau(own: Mapping[str, np.ndarray], neighbours: Mapping[Hashable, Mapping[str, np.ndarray]]) -> float:
+    """Self-centered clipping radius: the second-largest neighbour distance (the largest if only one)."""
+    d = sorted((_diff_norm(m, own) for m in neighbours.values()), reverse=True)
+    if not d:
+        return 0.0
+    return d[1] if len(d) > 1 else d[0]
+
+
+def clipped_gossip(own: Mapping[str, np.ndarray], neighbours: Mapping[Hashable, Mapping[str, np.ndarray]],
+                   weights: Mapping[Hashable, float], tau: float | None) -> Model:
+    """x_i+ = x_i + sum_j W_ij CLIP(x_j - x_i, tau), clipping each whole-model difference (global L2).
+
+    Equal to W_ii x_i + sum_j W_ij (x_i + CLIP(x_j - x_i, tau)) since W_ii = 1 - sum_j W_ij. ``tau`` None
+    means adaptive (:func:`adaptive_tau`); inf is plain gossip exactly. One neighbour moves x_i by at most
+    W_ij tau, and with a common fixed tau the clipped flows are antisymmetric, so the mean is kept.
+    """
+    if tau is None:
+        tau = adaptive_tau(own, neighbours)
+    names = list(own)
+    x = {k: np.asarray(own[k], dtype=np.float64) for k in names}
+    step = {k: np.zeros_like(x[k]) for k in names}
+    for peer in sorted(weights, key=repr):
+        diff = {k: np.asarray(neighbours[peer][k], dtype=np.float64) - x[k] for k in names}
+        norm = math.sqrt(sum(float(np.sum(v * v)) for v in diff.values()))
+        scale = 1.0 if (math.isinf(tau) or norm <= tau) else tau / norm
+        for k in names:
+            step[k] += weights[peer] * scale * diff[k]
+    return {k: (x[k] + step[k]).astype(np.asarray(own[k]).dtype) for k in names}
+
+
+def trimmed_mean(models: Sequence[Mapping[str, np.ndarray]], trim: int) -> Model:
+    """Coordinate-wise mean after dropping the ``trim`` largest and ``trim`` smallest values."""
+    n = len(models)
+    if trim < 0 or 2 * trim >= n:
+        raise ValueError(f"cannot trim {trim} from each side of {n} values")
+    out: Model = {}
+    for name in models[0]:
+        stack = np.sort(np.stack([np.asarray(m[name], dtype=np.float64) for m in models]), axis=0)
+        out[name] = stack[trim:n - trim].mean(axis=0).astype(np.asarray(models[0][name]).dtype)
+    return out
+
+
+def coordinate_median(models: Sequence[Mapping[str, np.ndarray]]) -> Model:
+    """Coordinate-wise median."""
+    return {name: np.median(np.stack([np.asarray(m[name], dtype=np.float64) for m in models]), axis=0)
+            .astype(np.asarray(models[0][name]).dtype) for name in models[0]}
