@@ -110,6 +110,12 @@ class NodeRuntime:
         # persist the restart count at once, so a crash loop is visible in the report
         if resumed:
             self._save_checkpoint(self.machine.round, self.machine.model)
+        # compile before announcing ourselves: peers would otherwise wait on our first step's JIT compile
+        warmup = getattr(self.trainer, "warmup", None)
+        if warmup is not None:
+            t0 = time.perf_counter()
+            warmup(model)
+            log.info("trainer ready (compiled in %.1f s)", time.perf_counter() - t0)
         worker = threading.Thread(target=self._worker, name="trainer", daemon=True)
         worker.start()
         self.transport = self._transport_factory(
@@ -231,6 +237,7 @@ class NodeRuntime:
                 log.info("adopted the model of %s at round %d (late join / resync)",
                          short_id(action.source), action.round)
                 self._save_checkpoint(action.round, action.model)
+                self._jobs.put(("eval", action.round, action.model))
             elif isinstance(action, Finished):
                 log.info("finished %d rounds; answering peers for a few more seconds", action.round)
                 self._finished_at = time.time()

@@ -114,6 +114,17 @@ class Trainer:
             total_nll += float(l)
         return correct / n, total_nll / n
 
+    def warmup(self, params: Model) -> None:
+        """Compile the training and evaluation functions now, without touching any state."""
+        p = {k: jnp.asarray(v, dtype=jnp.float32) for k, v in params.items()}
+        v = {k: jnp.zeros_like(val) for k, val in p.items()}
+        xs = np.zeros((self.steps_per_round, self.batch_size, *self.x.shape[1:]), dtype=self.x.dtype)
+        ys = np.zeros((self.steps_per_round, self.batch_size), dtype=self.y.dtype)
+        jax.block_until_ready(self._run_steps(p, v, jnp.asarray(xs), jnp.asarray(ys)))
+        xb = np.zeros((_EVAL_BATCH, *self.x_test.shape[1:]), dtype=self.x_test.dtype)
+        yb = np.zeros(_EVAL_BATCH, dtype=self.y_test.dtype)
+        jax.block_until_ready(self._eval_batch(p, jnp.asarray(xb), jnp.asarray(yb), jnp.zeros(_EVAL_BATCH)))
+
     def optimizer_state(self) -> Model:
         state = {f"velocity/{k}": v for k, v in (self._velocity or {}).items()}
         state["step_count"] = np.array([self._step_count], dtype=np.int64)
