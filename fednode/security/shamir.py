@@ -145,8 +145,11 @@ def reconstruct_bytes(shares: Iterable[Share]) -> bytes:
 
 
 def threshold(n: int) -> int:
-    """t = floor(2n/3) + 1, the SecAgg threshold of Bonawitz et al. (ePrint 2017/281) for the
-    active-adversary setting: more than two thirds of the n holders must cooperate."""
+    """t = floor(2n/3) + 1: more than two thirds of the n holders must cooperate.
+
+    The PROTOCOL's choice for SecAgg+ mode B, after Bonawitz et al. (ePrint 2017/281, section 6,
+    active adversary); re-check it against the paper before relying on mode B against a
+    malicious aggregator."""
     if type(n) is not int or n < 2:
         raise ShamirError("threshold needs n >= 2 holders")
     return 2 * n // 3 + 1
