@@ -18,7 +18,7 @@ import msgpack
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from fednode.security import aead, shamir
@@ -89,8 +89,12 @@ def test_sparse_ring_above_eight_contributors() -> None:
 
 # --------------------------------------------------------------------------------------- item 11
 
-@settings(derandomize=True, deadline=None, max_examples=40)
+@settings(derandomize=True, deadline=None, max_examples=100)
 @given(u=st.integers(3, 16), d=st.integers(1, 4096), seed=st.integers(0, 2**32 - 1))
+@example(u=3, d=1, seed=0)
+@example(u=8, d=4096, seed=1)  # largest dense set
+@example(u=9, d=17, seed=2)  # smallest sparse ring
+@example(u=16, d=4096, seed=3)
 def test_masks_cancel_bit_exactly(u: int, d: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     ids = [pid for pid, _ in NODES[:u]]

@@ -15,7 +15,7 @@ REPORT_KEYS = {"federation", "wall_time_s", "consensus_disagreement", "averaged_
 NODE_KEYS = {"peer_id", "rounds_completed", "test_accuracy", "test_loss", "bytes_sent", "bytes_received", "restarts"}
 
 
-def testnet(tmp_path: Path, *args: str, timeout: float = 900) -> dict:
+def run_testnet(tmp_path: Path, *args: str, timeout: float = 900) -> dict:
     report = tmp_path / "report.json"
     result = subprocess.run([sys.executable, "-m", "fednode", "testnet", "--quiet", "--report", str(report), *args],
                             capture_output=True, text=True, timeout=timeout, env=dict(os.environ, JAX_PLATFORMS="cpu"))
@@ -27,7 +27,7 @@ def testnet(tmp_path: Path, *args: str, timeout: float = 900) -> dict:
 
 
 def test_quickstart_testnet_of_four_nodes(tmp_path):
-    r = testnet(tmp_path, "--nodes", "4", "--rounds", "5", "--seed", "1")
+    r = run_testnet(tmp_path, "--nodes", "4", "--rounds", "5", "--seed", "1")
     assert r["ok"] and r["errors"] == []
     assert [n["rounds_completed"] for n in r["nodes"]] == [5] * 4
     assert all(n["test_accuracy"] >= 0.85 and n["bytes_sent"] > 0 and n["bytes_received"] > 0 for n in r["nodes"])
@@ -36,7 +36,7 @@ def test_quickstart_testnet_of_four_nodes(tmp_path):
 
 @pytest.mark.slow
 def test_eight_nodes_dirichlet_digits(tmp_path):
-    r = testnet(tmp_path, "--nodes", "8", "--rounds", "30", "--split", "dirichlet", "--alpha", "0.5", "--seed", "0")
+    r = run_testnet(tmp_path, "--nodes", "8", "--rounds", "30", "--split", "dirichlet", "--alpha", "0.5", "--seed", "0")
     assert r["ok"] and r["wall_time_s"] <= 300
     assert min(n["test_accuracy"] for n in r["nodes"]) >= 0.93
 
@@ -44,14 +44,14 @@ def test_eight_nodes_dirichlet_digits(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="dataset-fashion-mnist missing")
 def test_eight_nodes_dirichlet_fashion_mnist(tmp_path):
-    r = testnet(tmp_path, "--nodes", "8", "--rounds", "20", "--task", "fashion-mnist", "--split", "dirichlet",
+    r = run_testnet(tmp_path, "--nodes", "8", "--rounds", "20", "--task", "fashion-mnist", "--split", "dirichlet",
                 "--alpha", "0.5", "--seed", "0")
     assert r["ok"] and min(n["test_accuracy"] for n in r["nodes"]) >= 0.84
 
 
 @pytest.mark.slow
 def test_kill_and_restart_every_few_seconds(tmp_path):
-    r = testnet(tmp_path, "--nodes", "8", "--rounds", "700", "--seed", "3", "--kill-every", "10")
+    r = run_testnet(tmp_path, "--nodes", "8", "--rounds", "700", "--seed", "3", "--kill-every", "10")
     assert r["ok"]
     assert sum(n["restarts"] for n in r["nodes"]) >= 3
     for n in r["nodes"]:
