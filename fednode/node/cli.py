@@ -140,6 +140,8 @@ def cmd_start(args: argparse.Namespace) -> int:
     allow_list = AllowList.from_file(cfg.allow_list_path)
     if identity.peer_id not in allow_list:
         raise UserError(f"this node's own key is not on the allow-list {cfg.allow_list_path}")
+    # check the network settings before the slow trainer start: bad endpoints fail at once, in one line
+    zenoh_settings_for(cfg, identity.peer_id).preflight()
     _setup_logging(cfg.log_level, identity.short_id)
     from fednode.node.trainer import configure_jax_for_multiprocess
     if os.environ.get("FEDNODE_SINGLE_THREAD") == "1":
