@@ -24,11 +24,11 @@ from hypothesis import strategies as st
 from fednode.security import aead, shamir
 from fednode.security.arrays import ModelSpec
 from fednode.security.kdf import EpochKeys, federation_salt, hkdf_sha256, mask_info, mask_seed
-from fednode.security.masking import (DENSE_LIMIT, TooFewContributorsError, aggregate, apply_prg_terms,
+from fednode.security.masking import (BLOCK_ELEMENTS, DENSE_LIMIT, TooFewContributorsError, aggregate, apply_prg_terms,
                                       derive_mask_seeds, mask_partners, mask_sign, masked_contribution,
                                       masked_model_contribution, unmask_sum)
-from fednode.security.prg import MAX_ELEMENTS, mask_stream, mask_stream_into
-from fednode.security.ring import FRAC_BITS, decode, encode, encode_model, ring_sum, ring_sum_models
+from fednode.security.prg import MAX_ELEMENTS, Keystream, mask_stream, mask_stream_into
+from fednode.security.ring import FRAC_BITS, encode, encode_model, ring_sum, ring_sum_models
 
 GOLDEN = Path(__file__).parent / "golden" / "prg_vector.hex"
 FED = "fed-mask"
@@ -177,6 +177,29 @@ def test_prg_is_deterministic_and_prefix_consistent(seed: bytes, n: int, m: int)
     assert np.array_equal(mask_stream_into(seed, out), a)
 
 
+@settings(derandomize=True, deadline=None, max_examples=40)
+@given(seed=st.binary(min_size=32, max_size=32), sizes=st.lists(st.integers(0, 700), max_size=8))
+def test_incremental_reads_continue_the_stream(seed: bytes, sizes: list[int]) -> None:
+    """Reads of any sizes (not multiples of the 64-byte ChaCha20 block) concatenate to the stream."""
+    reader = Keystream(seed)
+    parts = [reader.read_into(np.empty(n, dtype=np.uint64)) for n in sizes]
+    joined = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
+    assert np.array_equal(joined, mask_stream(seed, sum(sizes)))
+
+
+def test_masking_block_by_block_equals_whole_streams() -> None:
+    """apply_prg_terms works in cache-sized blocks; it must equal whole-stream arithmetic."""
+    n = 3 * BLOCK_ELEMENTS + 17
+    value = np.arange(n, dtype=np.uint64)
+    terms = [(1, bytes([1]) * 32), (-1, bytes([2]) * 32), (1, bytes([3]) * 32)]
+    expected = value.copy()
+    for sign, seed in terms:
+        expected = expected + mask_stream(seed, n) if sign == 1 else expected - mask_stream(seed, n)
+    assert np.array_equal(apply_prg_terms(value.reshape(1, n), terms), expected.reshape(1, n))
+    with pytest.raises(ValueError):
+        apply_prg_terms(value, [(2, bytes(32))])
+
+
 def test_prg_is_continuous_across_internal_chunks() -> None:
     seed = bytes(range(32))
     n = 600_000  # > 4 MiB of keystream: crosses the internal chunk boundary
@@ -232,7 +255,9 @@ def test_seed_wire_format_is_pinned() -> None:
     bob_pk = bytes.fromhex("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f")
     agg, id_a, id_b = b"\x03" * 32, b"\x01" * 32, b"\x02" * 32
     info = mask_info(round=7, attempt=1, aggregator_id=agg, id_j=id_b, id_k=id_a)
-    assert info == b"fednode/v1/mask" + bytes.fromhex("950701c420" + "03" * 32 + "c420" + "01" * 32 + "c420" + "02" * 32)
+    # fixarray(5), 7, 1, then three bin8(32): aggregator, min id, max id
+    packed = "95" "07" "01" + "c420" + "03" * 32 + "c420" + "01" * 32 + "c420" + "02" * 32
+    assert info == b"fednode/v1/mask" + bytes.fromhex(packed)
     assert info == b"fednode/v1/mask" + msgpack.packb([7, 1, agg, id_a, id_b], use_bin_type=True)
     assert federation_salt("fednode-kat") == hashlib.sha256(b"fednode/v1/saltfednode-kat").digest()
     ss = alice.shared_secret(bob_pk)

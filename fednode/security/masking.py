@@ -32,7 +32,7 @@ import numpy as np
 
 from fednode.security.arrays import Model, ModelSpec
 from fednode.security.kdf import EpochKeys, mask_seed
-from fednode.security.prg import mask_stream_into
+from fednode.security.prg import Keystream
 from fednode.security.ring import FRAC_BITS, decode, ring_sum
 
 DENSE_LIMIT = 8
@@ -41,6 +41,8 @@ SPARSE_OFFSETS = 3
 """Above DENSE_LIMIT, each contributor masks with its ring neighbours at +-1..+-3 (6 partners)."""
 U_MIN = 3
 """Smallest contributor set an aggregation may run over (PROTOCOL u_min)."""
+BLOCK_ELEMENTS = 1 << 15
+"""Masking works on 256 KiB blocks: a keystream block is added while it is still in L2 cache."""
 
 PrgTerm = tuple[int, bytes]
 """(sign, seed): the ring vector ``sign * PRG(seed)`` with sign in {+1, -1}."""
@@ -102,21 +104,24 @@ def pairwise_terms(self_id: bytes, partners: Iterable[bytes], seeds: Mapping[byt
 def apply_prg_terms(value_u64: np.ndarray, terms: Iterable[PrgTerm]) -> np.ndarray:
     """``value + sum sign * PRG(seed)`` mod 2^64 over the flattened array; returns a new array, same shape.
 
-    One keystream buffer is reused for every term, so memory stays at two vectors.
+    Works block by block (:data:`BLOCK_ELEMENTS`) with one reader per stream, so each keystream
+    block is added while it is still in cache and no full-length mask is ever materialised.
     """
     value = np.asarray(value_u64)
     if value.dtype.kind != "u" or value.dtype.itemsize != 8:
         raise ValueError(f"ring elements are uint64, got {value.dtype}")
-    out = np.array(value, dtype=np.uint64, order="C", copy=True).reshape(-1)
-    buf = np.empty(out.size, dtype=np.uint64)
+    readers = []
     for sign, seed in terms:
-        mask_stream_into(seed, buf)
-        if sign == 1:
-            np.add(out, buf, out=out)
-        elif sign == -1:
-            np.subtract(out, buf, out=out)
-        else:
+        if sign not in (1, -1):
             raise ValueError("a PRG term's sign is +1 or -1")
+        readers.append((np.add if sign == 1 else np.subtract, Keystream(seed)))
+    out = np.array(value, dtype=np.uint64, order="C", copy=True).reshape(-1)
+    buf = np.empty(min(out.size, BLOCK_ELEMENTS), dtype=np.uint64)
+    for start in range(0, out.size, BLOCK_ELEMENTS):
+        chunk = out[start:start + BLOCK_ELEMENTS]
+        block = buf[:chunk.size]
+        for op, reader in readers:
+            op(chunk, reader.read_into(block), out=chunk)
     return out.reshape(value.shape)
 
 
