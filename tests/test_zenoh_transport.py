@@ -326,7 +326,7 @@ def _wait_ready(proc: subprocess.Popen) -> None:
     assert line.strip() == b"ready", proc.stderr.read().decode(errors="replace")[-2000:]
 
 
-@pytest.mark.parametrize("sig, bound_s", [(signal.SIGKILL, 0.9), (signal.SIGSTOP, 3.0)])
+@pytest.mark.parametrize("sig, bound_s", [(signal.SIGKILL, 0.9), (signal.SIGSTOP, 3.0)], ids=["SIGKILL", "SIGSTOP"])
 def test_killed_or_hung_subprocess_peer_is_reported_left_within_the_lease(make, child, sig, bound_s):
     """SIGKILL: the kernel closes the TCP links, so the token goes at once. SIGSTOP (hung process):
     only the lease (1 s here) notices."""
@@ -425,12 +425,29 @@ def test_port_in_use_is_one_clear_transport_error(make, fed, group):
         blocker.listen()
         port = blocker.getsockname()[1]
         settings = ZenohSettings.loopback(fed, pid(), multicast_address=group, listen=[f"tcp/127.0.0.1:{port}"])
+        with pytest.raises(TransportError, match=f"cannot listen on tcp/127.0.0.1:{port}: .*already in use"):
+            settings.preflight()  # the same error without opening Zenoh
         t, _ = make(settings=settings, start=False)
         with pytest.raises(TransportError) as info:
             t.start()
     msg = str(info.value)
     assert f"127.0.0.1:{port}" in msg and "already in use" in msg and "\n" not in msg and ".rs:" not in msg
     assert t.closed and t._session is None
+
+
+def test_fixed_port_is_reusable_right_after_a_restart(make, fed, group):
+    """A node restarted on its fixed port must not be refused because of its old, closing connections."""
+    port = free_port()
+    ep = f"tcp/127.0.0.1:{port}"
+    first, _ = make(settings=ZenohSettings.loopback(fed, pid(), multicast_address=group, listen=[ep]))
+    (other, r_other) = make()
+    assert wait_until(lambda: first.me in other.live_peers(), timeout=5.0)
+    first.close()
+    assert wait_until(lambda: r_other.left == [first.me], timeout=3.0)
+    again = ZenohSettings.loopback(fed, pid(), multicast_address=group, listen=[ep])
+    again.preflight()
+    second, _ = make(settings=again)
+    assert wait_until(lambda: second.me in other.live_peers(), timeout=5.0)
 
 
 def test_unreachable_router_and_unresolvable_host_are_transport_errors(make, fed):
