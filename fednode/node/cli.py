@@ -71,6 +71,7 @@ _START_FLAGS = {
     "--interface": ("interface", str, "multicast scouting interface, e.g. lo or eth0 (default auto)"),
     "--mode": ("mode", str, "peer (LAN scouting) or client (through a Zenoh router)"),
     "--lease-ms": ("lease_ms", int, "liveliness lease in ms (default 3000)"),
+    "--multicast-address": ("multicast_address", str, "scouting group:port (default 224.0.0.224:7446)"),
     "--task": ("task", str, "digits | fashion-mnist | package.module:attribute"),
     "--data-dir": ("data_dir", str, "dataset directory (fashion-mnist IDX .gz files)"),
     "--split": ("split", str, "iid | dirichlet"),
@@ -119,7 +120,8 @@ def zenoh_settings_for(cfg: NodeConfig, peer_id: bytes):
     from fednode.gossip.transports.zenoh_transport import ZenohSettings
     return ZenohSettings(federation=cfg.federation, peer_id=peer_id, mode=cfg.mode, listen=list(cfg.listen),
                          connect=list(cfg.connect), multicast_scouting=cfg.multicast,
-                         multicast_interface=cfg.interface, lease_ms=cfg.lease_ms)
+                         multicast_interface=cfg.interface, multicast_address=cfg.multicast_address,
+                         lease_ms=cfg.lease_ms)
 
 
 def _setup_logging(level: str, short: str = "") -> None:

@@ -37,6 +37,8 @@ class NodeConfig:
     interface: str = "auto"
     """Multicast scouting interface ("lo" keeps discovery on this machine)."""
     multicast: bool = True
+    multicast_address: str = "224.0.0.224:7446"
+    """Scouting group and port: Zenoh's default; separate groups never discover each other."""
     mode: str = "peer"
     """"peer" (LAN, scouting) or "client" (join through a Zenoh router given in ``connect``)."""
     lease_ms: int = 3000

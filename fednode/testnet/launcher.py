@@ -129,11 +129,14 @@ class Testnet:
             allow.add(ident.public_key_bytes, name=f"node{i}")
             idents.append(ident)
         allow_path = self.workdir / "allow_list.txt"
+        # a scouting port of its own: concurrent testnets on this machine never even connect to each other
+        scout = f"224.0.0.224:{20000 + secrets.randbelow(40000)}"
         allow.to_file(allow_path)
         for i, ident in enumerate(idents):
             d = self.workdir / f"node{i}"
             cfg = NodeConfig(federation=self.federation, state_dir=d, allow_list=allow_path,
-                             listen=["tcp/127.0.0.1:0"], interface="lo", multicast=True, task=self.opts.task,
+                             listen=["tcp/127.0.0.1:0"], interface="lo", multicast=True, multicast_address=scout,
+                             task=self.opts.task,
                              data_dir=Path(self.opts.data_dir) if self.opts.data_dir else None,
                              split=self.opts.split, alpha=self.opts.alpha, node_index=i,
                              node_count=self.opts.nodes, seed=self.opts.seed, rounds=self.opts.rounds,
