@@ -1,0 +1,66 @@
+"""Privacy accounting with dp-accounting (RDP and PLD) for (sub)sampled Gaussian releases.
+
+Node-level local DP is a Gaussian release per round with q = 1 (neighbours see every participation);
+example-level DP-SGD is a Poisson-subsampled Gaussian per local step (q = batch / shard). Both are
+composed with ``SelfComposedDpEvent``; epsilon is reported at a fixed delta from both accountants.
+"""
+
+from __future__ import annotations
+
+from dp_accounting import dp_event, rdp
+from dp_accounting.pld import pld_privacy_accountant
+
+PLD_DISCRETIZATION = 1e-4
+
+
+def make_event(noise_multiplier: float, sampling_rate: float, steps: int) -> dp_event.DpEvent:
+    if not noise_multiplier > 0:
+        raise ValueError("noise multiplier must be > 0")
+    if not 0 < sampling_rate <= 1:
+        raise ValueError("sampling rate must be in (0, 1]")
+    if steps < 0 or int(steps) != steps:
+        raise ValueError("steps must be a non-negative integer")
+    base = dp_event.GaussianDpEvent(noise_multiplier)
+    step = base if sampling_rate >= 1 else dp_event.PoissonSampledDpEvent(sampling_rate, base)
+    return dp_event.SelfComposedDpEvent(step, int(steps))
+
+
+def epsilon_rdp(noise_multiplier: float, sampling_rate: float, steps: int, delta: float) -> float:
+    acc = rdp.RdpAccountant()
+    acc.compose(make_event(noise_multiplier, sampling_rate, steps))
+    return float(acc.get_epsilon(delta))
+
+
+def epsilon_pld(noise_multiplier: float, sampling_rate: float, steps: int, delta: float) -> float:
+    acc = pld_privacy_accountant.PLDAccountant(value_discretization_interval=PLD_DISCRETIZATION)
+    acc.compose(make_event(noise_multiplier, sampling_rate, steps))
+    return float(acc.get_epsilon(delta))
+
+
+def epsilon(noise_multiplier: float, sampling_rate: float, steps: int, delta: float) -> dict:
+    """Epsilon at ``delta`` from both accountants, as `fednode privacy` prints it."""
+    if not 0 < delta < 1:
+        raise ValueError("delta must be in (0, 1)")
+    return {"epsilon_rdp": epsilon_rdp(noise_multiplier, sampling_rate, steps, delta),
+            "epsilon_pld": epsilon_pld(noise_multiplier, sampling_rate, steps, delta),
+            "delta": delta, "noise_multiplier": noise_multiplier, "sampling_rate": sampling_rate, "steps": steps}
+
+
+def noise_for_epsilon(target_epsilon: float, sampling_rate: float, steps: int, delta: float,
+                      accountant: str = "rdp") -> float:
+    """Smallest noise multiplier whose epsilon (by ``accountant``) is at most the target (bisection, 1e-4 rel)."""
+    if not target_epsilon > 0:
+        raise ValueError("target epsilon must be > 0")
+    fn = {"rdp": epsilon_rdp, "pld": epsilon_pld}[accountant]
+    lo, hi = 1e-3, 1.0
+    while fn(hi, sampling_rate, steps, delta) > target_epsilon:
+        lo, hi = hi, hi * 2
+        if hi > 1e6:
+            raise ValueError("no noise multiplier below 1e6 meets that target")
+    while (hi - lo) > 1e-4 * hi:
+        mid = (lo + hi) / 2
+        if fn(mid, sampling_rate, steps, delta) > target_epsilon:
+            lo = mid
+        else:
+            hi = mid
+    return hi
