@@ -11,13 +11,13 @@ lower round than the one on disk is refused.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgpack
 
 from fednode.security.arrays import Model, ModelSpec, decode_arrays, encode_arrays
+from fednode.security.files import atomic_write
 
 FORMAT_VERSION = 1
 _LIMITS = dict(max_bin_len=2**31 - 1, max_str_len=1 << 20, max_array_len=1 << 20, max_map_len=1 << 16)
@@ -49,40 +49,6 @@ def _unpack_model(item: object) -> Model:
     return {k: v.copy() for k, v in decode_arrays(item[1], spec).items()}
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either the old or the new content."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
     """Atomically persist ``ckpt``; refuses to move the on-disk round counter backwards."""
     path = Path(path)
@@ -99,6 +65,7 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
     }, use_bin_type=True)
     blob = msgpack.packb({"v": FORMAT_VERSION, "sha256": hashlib.sha256(body).digest(), "body": body},
                          use_bin_type=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, blob)
 
 

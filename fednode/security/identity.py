@@ -18,6 +18,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from fednode.security.files import atomic_write
+
 PEER_DOMAIN = b"fednode/v1/peer"
 PUBLIC_KEY_BYTES = 32
 PEER_ID_BYTES = 32
@@ -48,47 +50,6 @@ def _raw_public(key: Ed25519PublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
-def _atomic_write(path: Path, data: bytes, mode: int) -> None:
-    """Write via a same-directory temp file (created with ``mode``), fsync, then rename over ``path``.
-
-    A crash leaves either the old file or the new one, never a torn one, and the temp file is
-    created with its final permissions so a secret is never briefly world-readable.
-    """
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp = -1, ""
-    for _ in range(100):
-        tmp = str(directory / f".{path.name}.{os.urandom(6).hex()}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
-            break
-        except FileExistsError:
-            continue
-    if fd < 0:
-        raise OSError(f"could not create a temporary file in {directory}")
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # make the rename itself durable; not possible on every platform
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -135,7 +96,7 @@ class Identity:
         """Write the key as unencrypted PKCS8 PEM, atomically, mode 0600."""
         pem = self.private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                              serialization.NoEncryption())
-        _atomic_write(Path(path), pem, 0o600)
+        atomic_write(Path(path), pem, 0o600)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "Identity":
@@ -271,4 +232,4 @@ class AllowList:
         lines = ["# fednode allow-list: <ed25519 public key hex> [name]"]
         for entry in self._peers.values():
             lines.append(entry.public_key_bytes.hex() + (f" {entry.name}" if entry.name else ""))
-        _atomic_write(Path(path), ("\n".join(lines) + "\n").encode("utf-8"), 0o644)
+        atomic_write(Path(path), ("\n".join(lines) + "\n").encode("utf-8"), 0o644)
