@@ -19,7 +19,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 
 from fednode.aggregation import mix
 from fednode.node.trainer import Trainer, resolve_task
@@ -83,7 +82,6 @@ def main() -> None:
     mean = {key: statistics.mean(r[key] for r in rows) for key in rows[0]}
     sign = k * costs["encode_sign_s"]
     verify = k * costs["verify_s"]
-    wall_round = report["wall_time_s"] / args.rounds
     print(f"{args.nodes} nodes, task {args.task}, {costs['params']} parameters, "
           f"{costs['message_bytes'] / 1e3:.1f} kB per contribution, {args.rounds} rounds")
     print(f"per round at one node (mean over nodes; last-round total {mean['total'] * 1e3:.1f} ms):")

@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from fednode.gossip.config import RoundConfig
 from fednode.gossip.events import (Abort, AdoptModel, Commit, LocalStepDone, MessageReceived, PeerJoined, PeerLeft,
                                    Rejected, Send, StartLocalStep, TimerFired)
-from fednode.gossip.overlay import StaticOverlay
 from fednode.gossip.round import GossipNode
 from fednode.security.arrays import ModelSpec
 from fednode.security.envelope import MsgType, seal

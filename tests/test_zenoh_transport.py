@@ -249,7 +249,7 @@ def test_ten_megabyte_message_arrives_intact(make):
 
 
 def test_raising_callback_is_counted_and_delivery_goes_on(make):
-    (a, _), (b, rb) = make(), make()
+    (a, _), (b, _) = make(), make()
     calls = []
 
     def flaky(data: bytes) -> None:

@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 from fednode.node.config import ConfigError, NodeConfig
