@@ -10,6 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 AGGREGATORS = ("gossip", "clipped", "trimmed_mean", "median")
+SECURE_AGGREGATION_MODES = ("off", "retry", "secagg+")
+SECURE_U_MIN = 3
+"""With secure aggregation, fewer contributors than this abort: one contributor's masked value carries no
+pairwise mask, and with two the aggregator plus one colluder would learn the other's value."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,11 @@ class RoundConfig:
     """Reject a contribution farther than this (L2) from our own x^{r+1/2} (None: off)."""
     max_abs: float | None = 2.0 ** 20
     """Per-coordinate divergence guard for received float payloads (B_max)."""
+    # --- secure aggregation
+    secure_aggregation: str = "off"
+    """"off" (plaintext gossip), "retry" (mode A: masked sums, re-masked over the survivors after a
+    dropout) or "secagg+" (mode B: self-masks and Shamir-shared keys, dropouts recovered without retry).
+    Excludes the robust aggregators: masked sums cannot be clipped or trimmed per contributor."""
     # --- aggregation rule (plaintext only)
     aggregator: str = "gossip"
     clip_tau: float | None = None
@@ -70,7 +79,26 @@ class RoundConfig:
             raise ValueError("max_retries >= 0, min_contributors >= 1 and degree >= 1 are required")
         if self.update_clip is not None and not self.update_clip > 0:
             raise ValueError("update_clip must be > 0")
+        if self.secure_aggregation not in SECURE_AGGREGATION_MODES:
+            raise ValueError(f"unknown secure_aggregation mode {self.secure_aggregation!r}; choose one of "
+                             f"{', '.join(SECURE_AGGREGATION_MODES)}")
+        if self.secure and self.aggregator != "gossip":
+            raise ValueError(f"secure aggregation excludes the {self.aggregator!r} aggregator: masked sums cannot be "
+                             "clipped, trimmed or filtered per contributor (see docs/security.md)")
+        if self.secure and self.max_distance is not None:
+            raise ValueError("secure aggregation excludes max_distance: a masked contribution has no readable distance")
+
+    @property
+    def secure(self) -> bool:
+        """True when contributions are masked (any mode but "off")."""
+        return self.secure_aggregation != "off"
+
+    @property
+    def u_min(self) -> int:
+        """The smallest contributor set an aggregation runs over (3 with secure aggregation)."""
+        return max(self.min_contributors, SECURE_U_MIN) if self.secure else self.min_contributors
 
     def round_length_bound(self, t_train: float) -> float:
         """Upper bound on one round at a live node whose local step takes ``t_train``."""
-        return max(t_train, self.t_hello) + (self.max_retries + 1) * self.t_agg + self.t_commit
+        reveal = self.t_commit if self.secure else 0.0
+        return max(t_train, self.t_hello) + (self.max_retries + 1) * self.t_agg + reveal + self.t_commit

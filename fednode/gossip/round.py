@@ -43,12 +43,16 @@ from fednode.gossip.config import RoundConfig
 from fednode.gossip.events import (Abort, Action, AdoptModel, Commit, Event, Finished, LocalStepDone, Log,
                                    MessageReceived, PeerJoined, PeerLeft, Rejected, RoundStats, Send, SetTimer,
                                    StartLocalStep, TimerFired)
+from fednode.gossip import secagg
 from fednode.gossip.overlay import Overlay, RandomRegularOverlay
 from fednode.security.arrays import Model, ModelSpec
 from fednode.security.clipping import clip_by_global_norm, l2_norm
 from fednode.security.envelope import Message, MsgType, Reject, VerifyContext, open_envelope, seal
 from fednode.security.identity import AllowList, Identity
+from fednode.security.kdf import EpochKeys, KeyAgreementError
+from fednode.security.masking import TooFewContributorsError, derive_mask_seeds
 from fednode.security.replay import OffenderTracker, ReplayGuard
+from fednode.security.ring import RingEncodingError
 
 TRAIN, AGGREGATE, COMMITTING, SYNC, DONE = "train", "aggregate", "commit", "sync", "done"
 
@@ -69,6 +73,10 @@ class NodeStats:
     bytes_out: int = 0
     rejects: Counter = field(default_factory=Counter)
     aborts: Counter = field(default_factory=Counter)
+    masked_contributions: int = 0
+    """Secure aggregation: masked contributions this node sent (as contributor)."""
+    setups_refused: Counter = field(default_factory=Counter)
+    """Secure aggregation: SETUP/RETRY requests this node refused, by reason."""
 
 
 @dataclass
@@ -98,6 +106,20 @@ class _Round:
     commit_sends: Counter = field(default_factory=Counter)
     commit_nudge_at: float = float("inf")
     hello_resent: bool = False
+    # --- secure aggregation, aggregator side (this node sums its neighbours' masked values)
+    epoch_keys: dict[bytes, EpochKeys] = field(default_factory=dict)   # recipient -> our X25519 key for it
+    hello_epk: dict[bytes, bytes] = field(default_factory=dict)       # sender -> its key for us
+    sa_set: frozenset[bytes] = frozenset()                           # U of the current attempt
+    sa_unmask_sent: bool = False
+    sa_reveal_deadline: float | None = None
+    sa_reveals: dict[bytes, bytes] = field(default_factory=dict)
+    sa_sum: np.ndarray | None = None
+    sa_abort: str | None = None
+    # --- secure aggregation, contributor side (this node masks for its neighbours)
+    sa_answered: dict[bytes, tuple[int, frozenset[bytes]]] = field(default_factory=dict)  # aggregator -> (a, U)
+    sa_self_masks: dict[tuple[bytes, int], bytes] = field(default_factory=dict)
+    sa_revealed: dict[bytes, int] = field(default_factory=dict)
+    sa_pending: dict[bytes, Message] = field(default_factory=dict)   # SETUPs that came before our local step
 
     @property
     def degree(self) -> int:
@@ -133,6 +155,10 @@ class GossipNode:
         self._sync_deadline: float | None = None
         self._sync_target: int | None = None
         self._timer: float | None = None
+        self._secure = config.secure
+        self._ring_spec = spec.with_dtype(secagg.RING_DTYPE)
+        self._hello_raw: dict[tuple[int, bytes], bytes] = {}   # (round, sender) -> signed HELLO bytes (to relay)
+        self._relayed_ok: dict[bytes, secagg.RelayedKey] = {}   # sha256(raw) -> verified key (cache)
         self._started = False
         self._now = float("-inf")
 
@@ -207,8 +233,11 @@ class GossipNode:
         """HELLO goes to each proposed neighbour, recipient-bound: O(degree) messages, not O(n)."""
         targets = sorted(rnd.proposed if only is None else only)
         for peer in targets:
+            epk = b""
+            if self._secure:  # a fresh X25519 key per (round, aggregator): a revealed one exposes nothing else
+                epk = rnd.epoch_keys.setdefault(peer, EpochKeys.generate()).public_bytes
             data = self._seal(MsgType.HELLO, peer, rnd.number, now, attempt=attempt,
-                              meta={"n": sorted(rnd.proposed), "d": rnd.degree, "epk": b""})
+                              meta={"n": sorted(rnd.proposed), "d": rnd.degree, "epk": epk})
             self._send(out, peer, data, "hello")
 
     def _send_contribution(self, rnd: _Round, peer: bytes, now: float, out: list[Action], attempt: int = 0) -> None:
@@ -255,6 +284,10 @@ class GossipNode:
         # messages that arrived early for this round
         for older in [r for r in self._buffer if r < number]:
             del self._buffer[older]
+        for key in [k for k in self._hello_raw if k[0] < number - 1]:
+            del self._hello_raw[key]
+        if len(self._relayed_ok) > 4096:
+            self._relayed_ok.clear()
         for msg in self._buffer.pop(number, []):
             self._dispatch(msg, now, out)
 
@@ -307,6 +340,10 @@ class GossipNode:
             half = {k: (rnd.base[k].astype(np.float64) + clipped[k]).astype(half[k].dtype) for k in half}
         rnd.half = half
         rnd.step_done_at = event.now
+        if self._secure:
+            pending, rnd.sa_pending = rnd.sa_pending, {}
+            for msg in pending.values():
+                self._answer_setup(rnd, msg, event.now, out)
 
     # ------------------------------------------------------------------ progress
 
@@ -356,12 +393,17 @@ class GossipNode:
         if waiting and now < rnd.hello_deadline:
             return
         candidates = self._edge_candidates(rnd)
+        if self._secure:  # masking needs each contributor's signed key for us: explicit HELLOs only
+            candidates = {p: d for p, d in candidates.items() if p in rnd.hello_epk and p in rnd.hellos}
         if not candidates:
             reason = "alone" if not rnd.proposed else "no_neighbours"
             self._end_round(rnd, now, out, model=rnd.half, used={}, abort_reason=reason)
             return
         rnd.edges = {p: mh_weight(rnd.degree, d) for p, d in candidates.items()}
         rnd.contributed_at = now
+        if self._secure:
+            self._secure_start(rnd, now, out)
+            return
         for peer in sorted(rnd.edges):
             self._send_contribution(rnd, peer, now, out)
         rnd.agg_deadline = now + self.config.t_agg
@@ -370,6 +412,9 @@ class GossipNode:
     def _advance_aggregate(self, now: float, out: list[Action]) -> None:
         rnd = self._cur
         assert rnd is not None and rnd.agg_deadline is not None
+        if self._secure:
+            self._secure_advance(rnd, now, out)
+            return
         excluded_us = {p for p, u in rnd.commits.items() if self.me not in u}
         missing = set(rnd.edges) - set(rnd.contributions) - rnd.gone - excluded_us
         if missing and now < rnd.agg_deadline:
@@ -408,7 +453,8 @@ class GossipNode:
         rnd = self._cur
         assert rnd is not None and rnd.used is not None and rnd.commit_deadline is not None
         if not rnd.used:
-            self._end_round(rnd, now, out, model=rnd.half, used={}, abort_reason="too_few_contributions")
+            self._end_round(rnd, now, out, model=rnd.half, used={},
+                            abort_reason=rnd.sa_abort or "too_few_contributions")
             return
         waiting = rnd.used - set(rnd.commits) - rnd.gone
         if waiting and now < rnd.commit_deadline:
@@ -417,6 +463,9 @@ class GossipNode:
                 rnd.commit_nudge_at = now + self.config.t_commit / 3
                 for peer in sorted(waiting):
                     self._send_commit(rnd, peer, now, out)
+            return
+        if self._secure:
+            self._secure_finish(rnd, now, out)
             return
         final = {p for p in rnd.used if p in rnd.commits and self.me in rnd.commits[p]}
         drift = tuple(sorted(p for p in rnd.used if p not in rnd.commits))
@@ -441,6 +490,226 @@ class GossipNode:
         trim = min(cfg.trim, (len(models) - 1) // 2)
         return trimmed_mean(models, trim)
 
+    # ------------------------------------------------------------------ secure aggregation (docs/security.md)
+
+    def _send_setup(self, rnd: _Round, now: float, out: list[Action]) -> None:
+        """SETUP (attempt 0) or RETRY (attempt > 0) to every contributor of the attempt's set U."""
+        members = sorted(rnd.sa_set)
+        relayed = [self._hello_raw[(rnd.number, p)] for p in members if (rnd.number, p) in self._hello_raw]
+        msg_type = MsgType.SETUP if rnd.attempt == 0 else MsgType.RETRY
+        for peer in members:
+            data = self._seal(msg_type, peer, rnd.number, now, attempt=rnd.attempt,
+                              meta={"u": members, "n": sorted(rnd.proposed), "d": rnd.degree, "h": relayed})
+            self._send(out, peer, data, "setup" if rnd.attempt == 0 else "retry")
+            if rnd.attempt:
+                self.stats.retries_sent += 1
+
+    def _secure_start(self, rnd: _Round, now: float, out: list[Action]) -> None:
+        """Aggregator: fix U = edges for attempt 0; below u_min keep the own model (never plaintext)."""
+        rnd.agg_deadline = now + self.config.t_agg
+        self.phase = AGGREGATE
+        rnd.sa_set = frozenset(p for p in rnd.edges if (rnd.number, p) in self._hello_raw)
+        if len(rnd.sa_set) < self.config.u_min:
+            self._secure_conclude(rnd, now, out, abort="neighbourhood_below_u_min")
+            return
+        self._send_setup(rnd, now, out)
+
+    def _secure_advance(self, rnd: _Round, now: float, out: list[Action]) -> None:
+        assert rnd.agg_deadline is not None
+        if not rnd.sa_unmask_sent:
+            missing = rnd.sa_set - set(rnd.contributions)
+            gone = missing & rnd.gone
+            if missing - gone and now < rnd.agg_deadline:
+                return
+            if missing:  # mode A: the attempt is dangling; never unmask it, re-mask over the survivors
+                self._secure_retry(rnd, missing, now, out, "contribution")
+                return
+            rnd.sa_unmask_sent = True
+            rnd.sa_reveal_deadline = now + self.config.t_commit
+            for peer in sorted(rnd.sa_set):
+                data = self._seal(MsgType.UNMASK, peer, rnd.number, now, attempt=rnd.attempt,
+                                  meta={"u": sorted(rnd.sa_set)})
+                self._send(out, peer, data, "unmask")
+        missing = rnd.sa_set - set(rnd.sa_reveals)
+        if missing and now < (rnd.sa_reveal_deadline or now) and not (missing <= rnd.gone):
+            return
+        if missing:
+            if missing <= rnd.gone:
+                # A gone peer's reveal can never arrive any more (its link delivered everything before it
+                # closed), so this attempt can never be unmasked: retrying over the others is safe.
+                self._secure_retry(rnd, missing, now, out, "reveal")
+            else:  # a slow reveal could still arrive after a retry and expose a difference: give up instead
+                self._secure_conclude(rnd, now, out, abort="reveal_missing")
+            return
+        assert rnd.half is not None
+        members = sorted(rnd.sa_set)
+        total = secagg.unmask([rnd.contributions[p] for p in members], self._ring_spec,
+                              [rnd.sa_reveals[p] for p in members])
+        weight_sum = sum(rnd.edges[p] for p in members)
+        if not secagg.plausible(total, weight_sum, bound=self.config.max_abs or secagg.B_MAX, n=len(members)):
+            out.append(Log("warning", f"round {rnd.number}: unmasked sum fails the plausibility check; discarded"))
+            self._secure_conclude(rnd, now, out, abort="implausible_sum")
+            return
+        rnd.sa_sum = total
+        self._secure_conclude(rnd, now, out, abort=None)
+
+    def _secure_retry(self, rnd: _Round, missing: frozenset[bytes] | set[bytes], now: float, out: list[Action],
+                      what: str) -> None:
+        survivors = rnd.sa_set - missing
+        if rnd.attempt >= self.config.max_retries or len(survivors) < self.config.u_min:
+            reason = "retries_exhausted" if len(survivors) >= self.config.u_min else "too_few_contributions"
+            self._secure_conclude(rnd, now, out, abort=reason)
+            return
+        out.append(Log("info", f"round {rnd.number}: {len(missing)} {what}(s) missing; retry {rnd.attempt + 1} "
+                               f"over {len(survivors)} survivors"))
+        rnd.attempt += 1
+        rnd.sa_set = frozenset(survivors)
+        rnd.contributions = {}
+        rnd.sa_unmask_sent = False
+        rnd.sa_reveals = {}
+        rnd.sa_reveal_deadline = None
+        rnd.agg_deadline = now + self.config.t_agg
+        self._send_setup(rnd, now, out)
+
+    def _secure_conclude(self, rnd: _Round, now: float, out: list[Action], *, abort: str | None) -> None:
+        """Fix U_i (empty on abort) and enter the COMMIT exchange, as in plaintext mode."""
+        rnd.used = frozenset() if abort is not None else frozenset(rnd.sa_set)
+        rnd.sa_abort = abort
+        rnd.aggregated_at = now
+        rnd.commit_deadline = now + self.config.t_commit
+        rnd.commit_nudge_at = now + self.config.t_commit / 3
+        for peer in sorted(rnd.edges):
+            if peer not in rnd.gone:
+                self._send_commit(rnd, peer, now, out)
+        self.phase = COMMITTING
+
+    def _secure_finish(self, rnd: _Round, now: float, out: list[Action]) -> None:
+        """x^{r+1} = (1 - sum W) x^{r+1/2} + S_i. A masked sum cannot drop one contributor (that would
+        reveal the difference), so a contributor that did not use us is counted as drift, not removed."""
+        assert rnd.used is not None and rnd.half is not None and rnd.sa_sum is not None
+        weights = {p: rnd.edges[p] for p in sorted(rnd.used)}
+        model = secagg.apply_sum(rnd.half, self.spec, rnd.sa_sum, sum(weights.values()))
+        drift = tuple(sorted(p for p in rnd.used if p not in rnd.commits or self.me not in rnd.commits[p]))
+        self._end_round(rnd, now, out, model=model, used=weights, abort_reason=None, drift=drift)
+
+    def _secure_message(self, rnd: _Round, msg: Message, now: float, out: list[Action]) -> None:
+        sender, t = msg.sender, msg.msg_type
+        if t in (MsgType.SETUP, MsgType.RETRY):
+            self._answer_setup(rnd, msg, now, out)
+        elif t == MsgType.UNMASK:
+            self._answer_unmask(rnd, msg, now, out)
+        elif t == MsgType.CONTRIBUTE:
+            if (self.phase == AGGREGATE and not rnd.sa_unmask_sent and sender in rnd.sa_set
+                    and msg.attempt == rnd.attempt and sender not in rnd.contributions):
+                rnd.contributions[sender] = msg.arrays
+        elif t == MsgType.REVEAL:
+            seed = msg.meta.get("b")
+            if not (isinstance(seed, bytes) and len(seed) == 32):
+                self._reject(out, Reject("bad_meta", sender=sender, detail="reveal"))
+            elif rnd.sa_unmask_sent and sender in rnd.sa_set and msg.attempt == rnd.attempt:
+                rnd.sa_reveals.setdefault(sender, seed)
+        elif t == MsgType.COMMIT:
+            used = self._peer_set(msg, "u")
+            if used is None:
+                self._reject(out, Reject("bad_meta", sender=sender, detail="commit"))
+                return
+            rnd.commits.setdefault(sender, used)
+            self._answer_commit_request(rnd, msg, now, out)
+
+    def _refuse_setup(self, out: list[Action], msg: Message, reason: str) -> None:
+        self.stats.setups_refused[reason] += 1
+        self._reject(out, Reject("bad_setup", sender=msg.sender, detail=reason))
+
+    def _answer_setup(self, rnd: _Round, msg: Message, now: float, out: list[Action]) -> None:
+        """Contributor: check the aggregator's request, then send y = enc(W x) + pairwise + self masks."""
+        agg, attempt = msg.sender, msg.attempt
+        members, their_n, their_d = self._peer_set(msg, "u"), self._peer_set(msg, "n"), self._peer_degree(msg)
+        relayed = msg.meta.get("h")
+        if members is None or their_n is None or their_d is None or not isinstance(relayed, list):
+            self._refuse_setup(out, msg, "malformed")
+            return
+        if agg not in rnd.proposed or agg not in rnd.epoch_keys:
+            self._refuse_setup(out, msg, "not_a_neighbour")
+            return
+        if attempt > self.config.max_retries:
+            self._refuse_setup(out, msg, "attempt_above_max")
+            return
+        if self.me not in members or agg in members or len(members) < self.config.u_min:
+            self._refuse_setup(out, msg, "bad_contributor_set")
+            return
+        known = rnd.hellos.get(agg)
+        if not members <= their_n or (known is not None and known[0] != their_n) or their_d < len(their_n):
+            self._refuse_setup(out, msg, "not_subset_of_neighbours")
+            return
+        previous = rnd.sa_answered.get(agg)
+        if previous is not None:
+            if attempt <= previous[0]:
+                return  # a duplicate or an older attempt: answered already
+            if not members <= previous[1]:
+                self._refuse_setup(out, msg, "retry_not_subset")
+                return
+        if rnd.half is None:
+            rnd.sa_pending[agg] = msg  # answered when the local step is done
+            return
+        epks: dict[bytes, bytes] = {}
+        for raw in relayed:
+            key = hashlib.sha256(raw).digest() if isinstance(raw, bytes) else b""
+            checked = self._relayed_ok.get(key)
+            if checked is None and isinstance(raw, bytes):
+                result = secagg.verify_relayed_hello(
+                    raw, aggregator=agg, expected_sender=None, round=rnd.number,
+                    federation=self.config.federation, allow_list=self.allow_list, now=now,
+                    timestamp_window_s=self.config.timestamp_window_s)
+                if isinstance(result, Reject):
+                    self._refuse_setup(out, msg, f"relayed_hello:{result.reason}")
+                    return
+                checked = self._relayed_ok[key] = result
+            if checked is not None and checked.sender in members:
+                epks[checked.sender] = checked.epk
+        try:
+            seeds = derive_mask_seeds(rnd.epoch_keys[agg], self.me, epks, federation_id=self.config.federation,
+                                      round=rnd.number, attempt=attempt, aggregator_id=agg, contributor_ids=members)
+            encoded = secagg.encode_scaled(rnd.half, self.spec, mh_weight(rnd.degree, their_d),
+                                           bound=self.config.max_abs or secagg.B_MAX)
+            self_mask = os.urandom(32)
+            masked = secagg.mask_encoded(encoded, self._ring_spec, self_id=self.me, aggregator=agg,
+                                         contributors=members, seeds=seeds, self_mask_seed=self_mask,
+                                         min_contributors=self.config.u_min)
+        except KeyError:
+            self._refuse_setup(out, msg, "missing_partner_key")
+            return
+        except KeyAgreementError:
+            self._refuse_setup(out, msg, "bad_partner_key")
+            return
+        except (RingEncodingError, TooFewContributorsError) as exc:
+            out.append(Log("error", f"cannot mask our model for {agg.hex()[:12]}: {exc}"))
+            self._refuse_setup(out, msg, "unencodable_model")
+            return
+        rnd.sa_answered[agg] = (attempt, members)
+        rnd.sa_self_masks[(agg, attempt)] = self_mask
+        data = seal(self.identity, msg_type=MsgType.CONTRIBUTE, recipient=agg, federation=self.config.federation,
+                    round=rnd.number, attempt=attempt, arrays=masked, spec=self._ring_spec,
+                    meta={"d": rnd.degree}, now_ms=int(now * 1000), nonce=self._nonce(16))
+        self.stats.masked_contributions += 1
+        self._send(out, agg, data, "contribute")
+
+    def _answer_unmask(self, rnd: _Round, msg: Message, now: float, out: list[Action]) -> None:
+        """Contributor: reveal b^a only for the attempt we answered last; afterwards answer no retry."""
+        agg = msg.sender
+        answered = rnd.sa_answered.get(agg)
+        members = self._peer_set(msg, "u")
+        if answered is None or answered[0] != msg.attempt or members != answered[1]:
+            self._reject(out, Reject("bad_unmask", sender=agg, detail="not the attempt we contributed to last"))
+            return
+        seed = rnd.sa_self_masks.get((agg, msg.attempt))
+        if seed is None:
+            return
+        rnd.sa_revealed[agg] = msg.attempt
+        for key in [k for k in rnd.sa_self_masks if k[0] == agg and k[1] != msg.attempt]:
+            del rnd.sa_self_masks[key]  # superseded attempts stay dangling forever
+        data = self._seal(MsgType.REVEAL, agg, rnd.number, now, attempt=msg.attempt, meta={"b": seed})
+        self._send(out, agg, data, "reveal")
+
     # ------------------------------------------------------------------ receiving
 
     def _verify(self, data: bytes, now: float) -> Message | Reject:
@@ -450,7 +719,12 @@ class GossipNode:
         if self.phase == SYNC:  # a syncing node takes a model reply from any round (it decides on its own)
             future.add(int(MsgType.MODEL_REPLY))
             past.add(int(MsgType.MODEL_REPLY))
+        secure = {}
+        if self._secure:  # masked '<u8' contributions only; a model reply carries the round, never a model
+            secure = dict(payload_types=frozenset({int(MsgType.CONTRIBUTE)}),
+                          allowed_payload_dtypes=frozenset({secagg.RING_DTYPE}))
         ctx = VerifyContext(
+            **secure,
             self_id=self.me, federation=self.config.federation, allow_list=self.allow_list,
             current_round=current, now_ms=int(now * 1000), replay=self._replay, model_spec=self.spec,
             unbounded_future_types=frozenset(future), unbounded_past_types=frozenset(past),
@@ -475,6 +749,8 @@ class GossipNode:
             return
         if result.sender not in self.members:
             self.members.add(result.sender)  # a verified message proves liveness and admission
+        if self._secure and result.msg_type == MsgType.HELLO:
+            self._hello_raw.setdefault((result.round, result.sender), data)
         self._dispatch(result, now, out)
 
     def _dispatch(self, msg: Message, now: float, out: list[Action]) -> None:
@@ -537,8 +813,16 @@ class GossipNode:
                 self._reject(out, Reject("bad_meta", sender=sender, detail="hello"))
                 return
             rnd.hellos.setdefault(sender, (their_n, their_d))
+            if self._secure:
+                epk = secagg.hello_epk(msg)
+                if epk is not None:
+                    rnd.hello_epk.setdefault(sender, epk)
+                return
             if self.me in their_n:
                 self._maybe_late_edge(rnd, sender, their_d, now, out)
+            return
+        if self._secure:
+            self._secure_message(rnd, msg, now, out)
             return
         degree = self._peer_degree(msg)
         if t in (MsgType.CONTRIBUTE, MsgType.RETRY) and degree is not None:
@@ -583,6 +867,14 @@ class GossipNode:
 
     def _on_previous(self, rnd: _Round, msg: Message, now: float, out: list[Action]) -> None:
         t = msg.msg_type
+        if self._secure:  # we moved on, but still mask for (and reveal to) slower aggregators
+            if t in (MsgType.SETUP, MsgType.RETRY):
+                self._answer_setup(rnd, msg, now, out)
+            elif t == MsgType.UNMASK:
+                self._answer_unmask(rnd, msg, now, out)
+            elif t == MsgType.COMMIT and rnd.used is not None:
+                self._answer_commit_request(rnd, msg, now, out)
+            return
         if t == MsgType.RETRY and msg.attempt <= self.config.max_retries and rnd.used is not None:
             self._send_commit(rnd, msg.sender, now, out)
             if msg.sender in rnd.used and rnd.half is not None:
@@ -646,8 +938,13 @@ class GossipNode:
         self._send(out, peer, data, "model_request")
 
     def _answer_model_request(self, msg: Message, now: float, out: list[Action]) -> None:
-        """Serve our current x^r (also while syncing: simultaneous joiners must not wait on each other)."""
-        data = self._seal(MsgType.MODEL_REPLY, msg.sender, self.round_number, now, arrays=self.model,
+        """Serve our current x^r (also while syncing: simultaneous joiners must not wait on each other).
+
+        With secure aggregation the reply carries the round only: a model in the clear would undo the
+        masking. The joiner then continues from its own model at the federation's round.
+        """
+        arrays = None if self._secure else self.model
+        data = self._seal(MsgType.MODEL_REPLY, msg.sender, self.round_number, now, arrays=arrays,
                           meta={"r": self.round_number})
         self._send(out, msg.sender, data, "model_reply")
 
@@ -657,7 +954,12 @@ class GossipNode:
         self._sync_deadline = None
         self._sync_target = None
         self._prev = None
-        if msg.round > self.round_number:
+        if msg.round > self.round_number and not msg.arrays:  # secure aggregation: the round, no model
+            out.append(Log("info", f"skipping to the federation's round {msg.round} with the local model "
+                                   "(secure aggregation: models are never sent in the clear)"))
+            self.stats.aborts["behind"] += 1
+            self._begin_round(msg.round, now, out)
+        elif msg.round > self.round_number:
             model = {k: np.array(v, copy=True) for k, v in msg.arrays.items()}
             self.model = model
             out.append(AdoptModel(msg.round, model, msg.sender))
@@ -680,6 +982,8 @@ class GossipNode:
                        if t is not None and t > self._now]
             return min(pending) if pending else None
         if self.phase == AGGREGATE:
+            if self._secure and rnd.sa_unmask_sent:
+                return rnd.sa_reveal_deadline
             return rnd.agg_deadline
         if self.phase == COMMITTING:
             return min(rnd.commit_deadline, rnd.commit_nudge_at)

@@ -83,6 +83,14 @@ class MsgType(enum.IntEnum):
     MODEL_REQUEST = 5
     MODEL_REPLY = 6
     STATUS = 7
+    SETUP = 8
+    """Secure aggregation: aggregator -> contributor, the attempt's contributor set and relayed HELLOs."""
+    UNMASK = 9
+    """Secure aggregation: aggregator -> contributor, every masked contribution of the attempt is in."""
+    REVEAL = 10
+    """Secure aggregation: contributor -> aggregator, the attempt's self-mask seed (or, mode B, shares)."""
+    SHARES = 11
+    """Secure aggregation mode B: AEAD-sealed Shamir share bundles, relayed by the aggregator."""
 
 
 _MSG_TYPES = frozenset(int(t) for t in MsgType)

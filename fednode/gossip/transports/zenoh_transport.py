@@ -609,6 +609,64 @@ class ZenohObserver:
             log.exception("liveliness callback failed")
 
 
+class ZenohTap:
+    """A passive listener on everything under ``fednode/<federation>/**`` (tests, audits).
+
+    This is what an eavesdropper on the federation's Zenoh traffic sees: it hands each sample's key
+    and raw bytes to ``on_sample`` and never publishes, queries or declares liveliness. The tests use
+    it to show that masked contributions look uniform on the wire and that every release a node
+    made is in its privacy ledger.
+    """
+
+    def __init__(self, settings: ZenohSettings, on_sample: Callable[[str, bytes], None]) -> None:
+        settings.check()
+        self.settings = settings
+        self._on_sample = on_sample
+        self._lock = threading.Lock()
+        self._session = None
+        self._declared: list = []
+        self._closed = False
+        self.samples = 0
+
+    def start(self) -> None:
+        if self._closed:
+            raise TransportError("this tap was closed; create a new one")
+        if self._session is not None:
+            return
+        try:
+            session = self._session = open_session(self.settings)
+            self._declared.append(session.declare_subscriber(f"{keyexpr.root(self.settings.federation)}/**",
+                                                             self._cb))
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            declared, self._declared = self._declared, []
+            session, self._session = self._session, None
+        _close_all(declared, session)
+
+    def __enter__(self) -> "ZenohTap":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _cb(self, sample) -> None:
+        if self._closed:
+            return
+        try:
+            self.samples += 1
+            self._on_sample(str(sample.key_expr), sample.payload.to_bytes())
+        except Exception:  # noqa: BLE001 - a callback must never raise into zenoh
+            log.exception("tap callback failed")
+
+
 def list_status(settings: ZenohSettings, timeout_s: float = 3.0) -> dict[bytes, bytes]:
     """One-shot ``fednode status``: every live peer's last signed status (unverified bytes).
 
