@@ -30,7 +30,7 @@ class Federation:
     """N `fednode start` processes of one federation, plus optional intruders."""
 
     def __init__(self, root: Path, federation: str, n: int, rounds: int, *, intruders: int = 0,
-                 allow: AllowList | None = None) -> None:
+                 allow: AllowList | None = None, **node_kw) -> None:
         self.root, self.federation, self.rounds = root, federation, rounds
         self.procs: dict[int, subprocess.Popen] = {}
         self.dirs: list[Path] = []
@@ -54,13 +54,13 @@ class Federation:
             cfg = NodeConfig(federation=federation, state_dir=d,
                              allow_list=self.allow_path if k < n else intruder_path,
                              listen=["tcp/127.0.0.1:0"], interface="lo", node_index=k % n, node_count=n,
-                             rounds=rounds, t_hello=3.0, t_agg=2.0, t_commit=1.0, lease_ms=1000,
-                             min_peers=n - 1 if k < n else 0, linger_s=2.0)
+                             **{**dict(rounds=rounds, t_hello=3.0, t_agg=2.0, t_commit=1.0, lease_ms=1000,
+                                   min_peers=n - 1 if k < n else 0, linger_s=2.0), **node_kw})
             (d / "config.toml").write_text(cfg.to_toml())
             self.dirs.append(d)
 
-    def start(self, k: int) -> None:
-        env = dict(os.environ, FEDNODE_SINGLE_THREAD="1", JAX_PLATFORMS="cpu")
+    def start(self, k: int, **extra_env: str) -> None:
+        env = dict(os.environ, FEDNODE_SINGLE_THREAD="1", JAX_PLATFORMS="cpu", **extra_env)
         log = open(self.dirs[k] / "node.log", "ab")
         self.procs[k] = subprocess.Popen([sys.executable, "-m", "fednode", "start", "--config",
                                           str(self.dirs[k] / "config.toml")], stdout=log, stderr=subprocess.STDOUT,

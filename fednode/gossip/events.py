@@ -122,6 +122,8 @@ class Commit:
     self_weight: float
     stats: RoundStats
     drift_peers: tuple[bytes, ...] = ()
+    secure_sum_digest: str = ""
+    """Secure aggregation: SHA-256 of the unmasked ring sum sum_j enc(W_ij x_j) (audits and tests)."""
 
 
 @dataclass(frozen=True)

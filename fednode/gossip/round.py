@@ -52,7 +52,7 @@ from fednode.security.identity import AllowList, Identity
 from fednode.security.kdf import EpochKeys, KeyAgreementError
 from fednode.security.masking import TooFewContributorsError, derive_mask_seeds
 from fednode.security.replay import OffenderTracker, ReplayGuard
-from fednode.security.ring import RingEncodingError
+from fednode.security.ring import RingEncodingError, decode
 
 TRAIN, AGGREGATE, COMMITTING, SYNC, DONE = "train", "aggregate", "commit", "sync", "done"
 
@@ -115,6 +115,7 @@ class _Round:
     sa_reveals: dict[bytes, bytes] = field(default_factory=dict)
     sa_sum: np.ndarray | None = None
     sa_abort: str | None = None
+    sa_digest: str = ""
     # --- secure aggregation, contributor side (this node masks for its neighbours)
     sa_answered: dict[bytes, tuple[int, frozenset[bytes]]] = field(default_factory=dict)  # aggregator -> (a, U)
     sa_self_masks: dict[tuple[bytes, int], bytes] = field(default_factory=dict)
@@ -292,7 +293,7 @@ class GossipNode:
             self._dispatch(msg, now, out)
 
     def _end_round(self, rnd: _Round, now: float, out: list[Action], *, model: Model, used: dict[bytes, float],
-                   abort_reason: str | None, drift: tuple[bytes, ...] = ()) -> None:
+                   abort_reason: str | None, drift: tuple[bytes, ...] = (), secure_sum_digest: str = "") -> None:
         contributed = rnd.contributed_at or now
         step_done = rnd.step_done_at or now
         stats = RoundStats(
@@ -313,7 +314,8 @@ class GossipNode:
         else:
             self.stats.rounds_averaged += 1
             self_weight = 1.0 - sum(used.values())
-            out.append(Commit(rnd.number, model, tuple(sorted(used)), dict(used), self_weight, stats, drift))
+            out.append(Commit(rnd.number, model, tuple(sorted(used)), dict(used), self_weight, stats, drift,
+                              secure_sum_digest))
         if drift:
             self.stats.drift_events += len(drift)
         self._begin_round(rnd.number + 1, now, out)
@@ -543,8 +545,10 @@ class GossipNode:
             return
         assert rnd.half is not None
         members = sorted(rnd.sa_set)
-        total = secagg.unmask([rnd.contributions[p] for p in members], self._ring_spec,
-                              [rnd.sa_reveals[p] for p in members])
+        ring_total = secagg.unmask([rnd.contributions[p] for p in members], self._ring_spec,
+                                   [rnd.sa_reveals[p] for p in members])
+        rnd.sa_digest = secagg.ring_digest(ring_total)
+        total = decode(ring_total)
         weight_sum = sum(rnd.edges[p] for p in members)
         if not secagg.plausible(total, weight_sum, bound=self.config.max_abs or secagg.B_MAX, n=len(members)):
             out.append(Log("warning", f"round {rnd.number}: unmasked sum fails the plausibility check; discarded"))
@@ -590,7 +594,8 @@ class GossipNode:
         weights = {p: rnd.edges[p] for p in sorted(rnd.used)}
         model = secagg.apply_sum(rnd.half, self.spec, rnd.sa_sum, sum(weights.values()))
         drift = tuple(sorted(p for p in rnd.used if p not in rnd.commits or self.me not in rnd.commits[p]))
-        self._end_round(rnd, now, out, model=model, used=weights, abort_reason=None, drift=drift)
+        self._end_round(rnd, now, out, model=model, used=weights, abort_reason=None, drift=drift,
+                        secure_sum_digest=rnd.sa_digest)
 
     def _secure_message(self, rnd: _Round, msg: Message, now: float, out: list[Action]) -> None:
         sender, t = msg.sender, msg.msg_type

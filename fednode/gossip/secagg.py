@@ -33,6 +33,7 @@ sending its y does not cost a retry.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -44,7 +45,7 @@ from fednode.security.identity import AllowList
 from fednode.security.kdf import X25519_KEY_BYTES
 from fednode.security.masking import apply_prg_terms, mask_partners, masked_contribution
 from fednode.security.replay import ReplayGuard
-from fednode.security.ring import B_MAX, FRAC_BITS, decode, encode
+from fednode.security.ring import B_MAX, FRAC_BITS, encode
 
 MODES = ("off", "retry", "secagg+")
 """Secure-aggregation modes: plaintext gossip, mode A (retry over survivors), mode B (SecAgg+)."""
@@ -115,9 +116,8 @@ def partners(self_id: bytes, contributors: Iterable[bytes]) -> tuple[bytes, ...]
     return mask_partners(self_id, contributors)
 
 
-def unmask(masked: Iterable[Model], ring_spec: ModelSpec, self_mask_seeds: Iterable[bytes], *,
-           frac_bits: int = FRAC_BITS) -> np.ndarray:
-    """S_i as a flat float64 vector: dec(sum y_j - sum PRG(b_j)) over one complete attempt."""
+def unmask(masked: Iterable[Model], ring_spec: ModelSpec, self_mask_seeds: Iterable[bytes]) -> np.ndarray:
+    """sum y_j - sum PRG(b_j) over one complete attempt: the ring value sum_j enc(W_ij x_j) (flat uint64)."""
     total: np.ndarray | None = None
     for y in masked:
         flat = ring_spec.flatten(y, dtype=np.uint64)
@@ -127,8 +127,12 @@ def unmask(masked: Iterable[Model], ring_spec: ModelSpec, self_mask_seeds: Itera
             np.add(total, flat, out=total)
     if total is None:
         raise ValueError("unmask of no contributions")
-    total = apply_prg_terms(total, [(-1, seed) for seed in self_mask_seeds])
-    return decode(total, frac_bits=frac_bits)
+    return apply_prg_terms(total, [(-1, seed) for seed in self_mask_seeds])
+
+
+def ring_digest(ring_value: np.ndarray) -> str:
+    """SHA-256 of a flat ring vector as little-endian bytes (logs; tests compare it with a wire capture)."""
+    return hashlib.sha256(np.ascontiguousarray(ring_value, dtype="<u8").tobytes()).hexdigest()
 
 
 def plausible(sum_flat: np.ndarray, weight_sum: float, *, bound: float = B_MAX, n: int = 1,

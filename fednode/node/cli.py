@@ -89,6 +89,8 @@ _START_FLAGS = {
     "--t-commit": ("t_commit", float, "COMMIT wait (s)"),
     "--max-retries": ("max_retries", int, "RETRY attempts per round"),
     "--aggregator": ("aggregator", str, "gossip | clipped | trimmed_mean | median"),
+    "--secure-aggregation": ("secure_aggregation", str,
+                             "off | retry | secagg+: neighbours see only masked sums (docs/security.md)"),
     "--log-level": ("log_level", str, "debug | info | warning"),
 }
 
@@ -220,7 +222,8 @@ def cmd_testnet(args: argparse.Namespace) -> int:
                           restart_delay=args.restart_delay, report=Path(args.report) if args.report else None,
                           workdir=Path(args.workdir) if args.workdir else None, data_dir=args.data_dir,
                           local_epochs=args.local_epochs, timeout=args.timeout, quiet=args.quiet,
-                          keep=args.keep, extra_args=args.node_arg or [])
+                          keep=args.keep, extra_args=args.node_arg or [],
+                          secure_aggregation=args.secure_aggregation)
     report = run_testnet(opts)
     return 0 if report.get("ok") else 1
 
@@ -292,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no live progress")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument("--node-arg", action="append", help="extra flag passed to every `fednode start`")
+    p.add_argument("--secure-aggregation", default="off", choices=["off", "retry", "secagg+"],
+                   help="mask every contribution (docs/security.md); default off")
     p.set_defaults(func=cmd_testnet)
 
     p = sub.add_parser("privacy", help="epsilon of a (Poisson-subsampled) Gaussian mechanism, as JSON")

@@ -65,6 +65,8 @@ class NodeConfig:
     t_commit: float = 2.0
     max_retries: int = 2
     aggregator: str = "gossip"
+    secure_aggregation: str = "off"
+    """"off", "retry" (mode A) or "secagg+" (mode B): neighbours see only masked sums (docs/security.md)."""
     # runtime
     min_peers: int = 0
     """A fresh node (no checkpoint) waits for this many live peers before round 0 ..."""
@@ -95,7 +97,8 @@ class NodeConfig:
     def round_config(self) -> RoundConfig:
         return RoundConfig(federation=self.federation, t_hello=self.t_hello, t_agg=self.t_agg,
                            t_commit=self.t_commit, max_retries=self.max_retries, degree=self.degree,
-                           update_clip=self.clip, aggregator=self.aggregator, max_rounds=self.rounds)
+                           update_clip=self.clip, aggregator=self.aggregator, max_rounds=self.rounds,
+                           secure_aggregation=self.secure_aggregation)
 
     # ------------------------------------------------------------------ validation and loading
 

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -38,6 +40,19 @@ log = logging.getLogger("fednode.node")
 
 _STATE_NAMES = {TRAIN: "training", AGGREGATE: "aggregating", COMMITTING: "committing", SYNC: "syncing",
                 DONE: "done"}
+
+
+_KILL_AFTER_CONTRIBUTE: int | None = (int(os.environ["FEDNODE_FAULT_KILL_AFTER_CONTRIBUTE"])
+                                      if os.environ.get("FEDNODE_FAULT_KILL_AFTER_CONTRIBUTE") else None)
+"""Fault injection for dropout tests: SIGKILL this process right after it sends its first masked (or
+plaintext) contribution in this round or later, so some aggregators have it and others never will."""
+
+
+def _die_now(reason: str) -> None:
+    log.warning(reason)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass
@@ -225,6 +240,9 @@ class NodeRuntime:
         for action in actions:
             if isinstance(action, Send):
                 self.transport.send(action.peer, action.data)
+                if action.kind == "contribute" and _KILL_AFTER_CONTRIBUTE is not None \
+                        and self.machine is not None and self.machine.round >= _KILL_AFTER_CONTRIBUTE:
+                    _die_now(f"fault injection: SIGKILL after a contribution in round {self.machine.round}")
             elif isinstance(action, Broadcast):
                 self.transport.broadcast(action.data)
             elif isinstance(action, SetTimer):
@@ -267,6 +285,9 @@ class NodeRuntime:
             log.info("round %d: averaged with %d peer(s) (self weight %.2f) in %.2fs [train %.2f hello %.2f "
                      "aggregate %.2f commit %.2f]", action.round, len(action.used), action.self_weight,
                      s.total_s, s.local_step_s, s.hello_wait_s, s.aggregate_s, s.commit_s)
+            if action.secure_sum_digest:
+                log.info("round %d: masked sum over %s in attempt %d, ring digest %s", action.round,
+                         ",".join(short_id(p) for p in action.used), s.attempts - 1, action.secure_sum_digest)
         else:
             log.info("round %d: no averaging (%s) in %.2fs", action.round, action.reason, s.total_s)
 
@@ -313,7 +334,7 @@ class NodeRuntime:
             "timings": ({"total": last.total_s, "train": last.local_step_s, "hello": last.hello_wait_s,
                          "aggregate": last.aggregate_s, "commit": last.commit_s} if last else {}),
             "cumulative": {k: round(v, 4) for k, v in self.timing.items()},
-            "restarts": self.restarts, "task": self.config.task, "secure_aggregation": "off",
+            "restarts": self.restarts, "task": self.config.task, "secure_aggregation": self.config.secure_aggregation,
             "epsilon": None, "time": time.time(),
         }
         return fields

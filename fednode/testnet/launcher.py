@@ -64,6 +64,7 @@ class TestnetOptions:
     t_hello: float = 5.0
     t_agg: float = 5.0
     t_commit: float = 2.0
+    secure_aggregation: str = "off"
 
 
 @dataclass
@@ -142,7 +143,8 @@ class Testnet:
                              node_count=self.opts.nodes, seed=self.opts.seed, rounds=self.opts.rounds,
                              local_epochs=self.opts.local_epochs, t_hello=self.opts.t_hello,
                              t_agg=self.opts.t_agg, t_commit=self.opts.t_commit,
-                             min_peers=self.opts.nodes - 1, lease_ms=2000).validate()
+                             min_peers=self.opts.nodes - 1, lease_ms=2000,
+                             secure_aggregation=self.opts.secure_aggregation).validate()
             cfg_path = d / "config.toml"
             cfg_path.write_text(cfg.to_toml())
             self.nodes.append(_Node(i, d, cfg_path, d / "node.log", ident.peer_id))
@@ -340,6 +342,7 @@ class Testnet:
         return {
             "federation": self.federation, "ok": ok, "wall_time_s": round(wall, 3), "rounds": self.opts.rounds,
             "task": self.opts.task, "split": self.opts.split, "alpha": self.opts.alpha, "seed": self.opts.seed,
+            "secure_aggregation": self.opts.secure_aggregation,
             "consensus_disagreement": disagreement, "consensus_disagreement_relative": rel,
             "averaged_model_accuracy": avg_acc,
             "round_length_bound_s": self.opts.t_hello + 3 * self.opts.t_agg + self.opts.t_commit,
