@@ -29,7 +29,10 @@ from fednode.gossip.transports.zenoh_transport import ZenohSettings, ZenohTap
 from fednode.node.checkpoint import load_checkpoint
 from fednode.security.envelope import MsgType
 from fednode.security.identity import Identity
-from fednode.security.masking import apply_prg_terms
+from fednode.gossip.secagg import reconstruct_secret
+from fednode.security.kdf import EpochKeys, mask_seed
+from fednode.security.masking import apply_prg_terms, mask_partners, mask_sign
+from fednode.security.shamir import threshold as shamir_threshold
 from fednode.security.ring import decode
 from tests.test_integration_zenoh import Federation
 
@@ -85,16 +88,43 @@ def _digests(fed: Federation, k: int) -> dict[int, tuple[list[str], int, str]]:
     return out
 
 
-def _recompute(cap: Capture, aggregator: bytes, rnd: int, attempt: int) -> tuple[np.ndarray, list[bytes]]:
-    ys = {c["sender"]: np.frombuffer(c["payload"], dtype="<u8") for c in cap.of(MsgType.CONTRIBUTE)
-          if c["recipient"] == aggregator and c["round"] == rnd and c["attempt"] == attempt}
-    seeds = {r["sender"]: r["meta"]["b"] for r in cap.of(MsgType.REVEAL)
-             if r["recipient"] == aggregator and r["round"] == rnd and r["attempt"] == attempt}
-    assert ys and set(ys) == set(seeds), "every contributor of the used attempt revealed its self-mask"
+def _recompute(cap: Capture, aggregator: bytes, rnd: int, attempt: int, federation: str = "",
+               used: list[str] | None = None) -> tuple[np.ndarray, list[bytes]]:
+    """The aggregator's unmasked ring sum, rebuilt from the wire alone (mode A: revealed self-mask
+    seeds; mode B: self-mask seeds and dropped contributors' keys from t revealed Shamir shares)."""
+    def here(c):
+        return c["recipient"] == aggregator and c["round"] == rnd and c["attempt"] == attempt
+
+    ys = {c["sender"]: np.frombuffer(c["payload"], dtype="<u8") for c in cap.of(MsgType.CONTRIBUTE) if here(c)}
+    reveals = [r for r in cap.of(MsgType.REVEAL) if here(r)]
+    if used is not None:  # the contributors the aggregator reports (a dropped one's y may be on the wire too)
+        ys = {p: y for p, y in ys.items() if p.hex()[:len(used[0])] in used}
     total = np.zeros_like(next(iter(ys.values())))
     for y in ys.values():
         total = total + y  # uint64 wraps: ring addition
-    return apply_prg_terms(total, [(-1, s) for s in seeds.values()]), sorted(ys)
+    terms = []
+    if reveals and "b" in reveals[0]["meta"]:
+        seeds = {r["sender"]: r["meta"]["b"] for r in reveals}
+        assert set(ys) == set(seeds), "every contributor of the used attempt revealed its self-mask"
+        terms = [(-1, s) for s in seeds.values()]
+    else:
+        relay = [m for m in cap.of(MsgType.RELAY) if m["sender"] == aggregator and m["round"] == rnd]
+        u1 = relay[0]["meta"]["u1"]
+        t = shamir_threshold(len([h for h in cap.of(MsgType.SETUP) if h["sender"] == aggregator
+                                  and h["round"] == rnd][0]["meta"]["u"]))
+        epk = {h["sender"]: h["meta"]["epk"] for h in cap.of(MsgType.HELLO)
+               if h["recipient"] == aggregator and h["round"] == rnd}
+        for j in sorted(ys):
+            terms.append((-1, reconstruct_secret([{p: s for p, s in r["meta"]["bs"]}[j] for r in reveals], t)))
+        for j in sorted(set(u1) - set(ys)):
+            keys = EpochKeys.from_private_bytes(reconstruct_secret(
+                [{p: s for p, s in r["meta"]["ks"]}[j] for r in reveals], t))
+            for k in mask_partners(j, u1):
+                if k in ys:
+                    seed = mask_seed(keys.shared_secret(epk[k]), federation_id=federation, round=rnd, attempt=0,
+                                     aggregator_id=aggregator, id_j=j, id_k=k)
+                    terms.append((-mask_sign(k, j), seed))
+    return apply_prg_terms(total, terms), sorted(ys)
 
 
 def test_eavesdropper_sees_only_uniform_contributions_and_sums_match_bit_for_bit(tmp_path):
@@ -129,15 +159,18 @@ def test_eavesdropper_sees_only_uniform_contributions_and_sums_match_bit_for_bit
     assert checked >= n * (rounds - 1)
 
 
-def test_a_contributor_killed_after_masking_neither_stalls_nor_corrupts_the_round(tmp_path):
-    n, rounds, kill_round = 5, 5, 2
-    fed, cap = _run(tmp_path, "sa-dropout", n, rounds, secure="retry",
+@pytest.mark.parametrize("mode", ["retry", "secagg+"])
+def test_a_contributor_killed_after_masking_neither_stalls_nor_corrupts_the_round(tmp_path, mode):
+    n, rounds, kill_round = 5 if mode == "retry" else 6, 5, 2
+    name = f"sa-dropout-{mode.replace('+', 'p')}"
+    fed, cap = _run(tmp_path, name, n, rounds, secure=mode,
                     victim_env={"FEDNODE_FAULT_KILL_AFTER_CONTRIBUTE": str(kill_round)})
     victim = Identity.load(fed.dirs[n - 1] / "identity.pem")
     assert "fault injection: SIGKILL" in fed.log(n - 1)
     victim_sent = [c for c in cap.of(MsgType.CONTRIBUTE) if c["sender"] == victim.peer_id and c["round"] == kill_round]
     assert len(victim_sent) >= 1  # it did mask and send before dying
     t_agg, a_max = 2.0, 2
+    excluded = 0
     for k in range(n - 1):
         assert fed.procs[k].returncode == 0, fed.log(k)
         assert load_checkpoint(fed.dirs[k] / "checkpoint.fnck").round == rounds
@@ -145,12 +178,18 @@ def test_a_contributor_killed_after_masking_neither_stalls_nor_corrupts_the_roun
         digests = _digests(fed, k)
         assert kill_round in digests, fed.log(k)
         used, attempt, digest = digests[kill_round]
-        assert victim.short_id not in used and len(used) == n - 2
-        ring, contributors = _recompute(cap, me, kill_round, attempt)
-        assert ring_digest(ring) == digest and victim.peer_id not in contributors
+        if mode == "retry":  # its contribution is dangling everywhere: retried over the survivors
+            assert victim.short_id not in used and len(used) == n - 2
+        else:  # no retry: where its input arrived it counts (self-mask from shares), elsewhere its masks
+            assert attempt == 0  # are cancelled with its key rebuilt from shares
+            assert len(used) == n - 2 + (victim.short_id in used)
+            excluded += victim.short_id not in used
+        ring, contributors = _recompute(cap, me, kill_round, attempt, name, used)
+        assert ring_digest(ring) == digest and (victim.peer_id in contributors) == (victim.short_id in used)
         assert np.abs(decode(ring)).max() <= RoundConfig(federation="x").max_abs
         hist = {h["round"]: h for h in fed.status(k)["history"]}
         assert hist[kill_round]["outcome"] == "commit"
+    assert mode == "retry" or excluded >= 1
     # the round's aggregation phase stayed within (A_max + 1) * T_agg at every survivor
     aggregate_times = defaultdict(list)
     for k in range(n - 1):

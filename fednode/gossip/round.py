@@ -50,7 +50,12 @@ from fednode.security.clipping import clip_by_global_norm, l2_norm
 from fednode.security.envelope import Message, MsgType, Reject, VerifyContext, open_envelope, seal
 from fednode.security.identity import AllowList, Identity
 from fednode.security.kdf import EpochKeys, KeyAgreementError
-from fednode.security.masking import TooFewContributorsError, derive_mask_seeds
+from fednode.security.aead import BundleDecryptionError, open_bundle, seal_bundle
+from fednode.security.kdf import mask_seed
+from fednode.security.masking import (TooFewContributorsError, apply_prg_terms, derive_mask_seeds, mask_partners,
+                                      mask_sign)
+from fednode.security.shamir import ShamirError
+from fednode.security.shamir import threshold as shamir_threshold
 from fednode.security.replay import OffenderTracker, ReplayGuard
 from fednode.security.ring import RingEncodingError, decode
 
@@ -121,6 +126,16 @@ class _Round:
     sa_self_masks: dict[tuple[bytes, int], bytes] = field(default_factory=dict)
     sa_revealed: dict[bytes, int] = field(default_factory=dict)
     sa_pending: dict[bytes, Message] = field(default_factory=dict)   # SETUPs that came before our local step
+    # --- mode B (SecAgg+)
+    enc_keys: dict[bytes, EpochKeys] = field(default_factory=dict)     # recipient -> our share-encryption key
+    hello_cpk: dict[bytes, bytes] = field(default_factory=dict)
+    sb_phase: str = "shares"                                         # aggregator: shares -> contrib -> unmask
+    sb_bundles: dict[bytes, dict[bytes, bytes]] = field(default_factory=dict)   # sender -> holder -> sealed
+    sb_u1: frozenset[bytes] = frozenset()
+    sb_threshold: int = 0                                            # t for the |U| the shares were cut for
+    sb_reveals: dict[bytes, tuple[dict, dict]] = field(default_factory=dict)  # holder -> (b-shares, key-shares)
+    sb_own: dict[bytes, dict] = field(default_factory=dict)          # contributor: aggregator -> our secrets
+    sb_held: dict[bytes, dict[bytes, tuple]] = field(default_factory=dict)   # aggregator -> sender -> shares
 
     @property
     def degree(self) -> int:
@@ -157,6 +172,7 @@ class GossipNode:
         self._sync_target: int | None = None
         self._timer: float | None = None
         self._secure = config.secure
+        self._plus = config.secure_aggregation == "secagg+"
         self._ring_spec = spec.with_dtype(secagg.RING_DTYPE)
         self._hello_raw: dict[tuple[int, bytes], bytes] = {}   # (round, sender) -> signed HELLO bytes (to relay)
         self._relayed_ok: dict[bytes, secagg.RelayedKey] = {}   # sha256(raw) -> verified key (cache)
@@ -234,11 +250,12 @@ class GossipNode:
         """HELLO goes to each proposed neighbour, recipient-bound: O(degree) messages, not O(n)."""
         targets = sorted(rnd.proposed if only is None else only)
         for peer in targets:
-            epk = b""
+            meta = {"n": sorted(rnd.proposed), "d": rnd.degree, "epk": b""}
             if self._secure:  # a fresh X25519 key per (round, aggregator): a revealed one exposes nothing else
-                epk = rnd.epoch_keys.setdefault(peer, EpochKeys.generate()).public_bytes
-            data = self._seal(MsgType.HELLO, peer, rnd.number, now, attempt=attempt,
-                              meta={"n": sorted(rnd.proposed), "d": rnd.degree, "epk": epk})
+                meta["epk"] = rnd.epoch_keys.setdefault(peer, EpochKeys.generate()).public_bytes
+            if self._plus:  # and a separate one for share bundles, which is never secret-shared
+                meta["cpk"] = rnd.enc_keys.setdefault(peer, EpochKeys.generate()).public_bytes
+            data = self._seal(MsgType.HELLO, peer, rnd.number, now, attempt=attempt, meta=meta)
             self._send(out, peer, data, "hello")
 
     def _send_contribution(self, rnd: _Round, peer: bytes, now: float, out: list[Action], attempt: int = 0) -> None:
@@ -514,10 +531,15 @@ class GossipNode:
         if len(rnd.sa_set) < self.config.u_min:
             self._secure_conclude(rnd, now, out, abort="neighbourhood_below_u_min")
             return
+        if self._plus:
+            rnd.sb_threshold = shamir_threshold(len(rnd.sa_set))
         self._send_setup(rnd, now, out)
 
     def _secure_advance(self, rnd: _Round, now: float, out: list[Action]) -> None:
         assert rnd.agg_deadline is not None
+        if self._plus:
+            self._plus_advance(rnd, now, out)
+            return
         if not rnd.sa_unmask_sent:
             missing = rnd.sa_set - set(rnd.contributions)
             gone = missing & rnd.gone
@@ -543,10 +565,14 @@ class GossipNode:
             else:  # a slow reveal could still arrive after a retry and expose a difference: give up instead
                 self._secure_conclude(rnd, now, out, abort="reveal_missing")
             return
-        assert rnd.half is not None
         members = sorted(rnd.sa_set)
         ring_total = secagg.unmask([rnd.contributions[p] for p in members], self._ring_spec,
                                    [rnd.sa_reveals[p] for p in members])
+        self._finish_sum(rnd, ring_total, now, out)
+
+    def _finish_sum(self, rnd: _Round, ring_total: np.ndarray, now: float, out: list[Action]) -> None:
+        """Decode S_i, check its plausibility (PROTOCOL §3 step 9) and enter the COMMIT exchange."""
+        members = sorted(rnd.sa_set)
         rnd.sa_digest = secagg.ring_digest(ring_total)
         total = decode(ring_total)
         weight_sum = sum(rnd.edges[p] for p in members)
@@ -556,6 +582,110 @@ class GossipNode:
             return
         rnd.sa_sum = total
         self._secure_conclude(rnd, now, out, abort=None)
+
+    # ------------------------------------------------------------------ mode B (SecAgg+), aggregator side
+
+    def _plus_advance(self, rnd: _Round, now: float, out: list[Action]) -> None:
+        """SHARES from U -> relay them and fix U1 -> masked inputs from U2 -> shares back -> S_i."""
+        assert rnd.agg_deadline is not None
+        t = rnd.sb_threshold or shamir_threshold(len(rnd.sa_set))
+        if rnd.sb_phase == "shares":
+            missing = rnd.sa_set - set(rnd.sb_bundles)
+            if missing - rnd.gone and now < rnd.agg_deadline:
+                return
+            u1 = frozenset(rnd.sa_set - missing)
+            if len(u1) < max(t, self.config.u_min):
+                self._secure_conclude(rnd, now, out, abort="too_few_contributions")
+                return
+            rnd.sb_u1 = u1
+            for peer in sorted(u1):
+                mine = [[sender, bundles[peer]] for sender, bundles in sorted(rnd.sb_bundles.items())
+                        if sender in u1 and sender != peer and peer in bundles]
+                data = self._seal(MsgType.RELAY, peer, rnd.number, now, meta={"u1": sorted(u1), "s": mine})
+                self._send(out, peer, data, "shares")
+            rnd.sb_phase = "contrib"
+            rnd.agg_deadline = now + self.config.t_agg
+            return
+        if rnd.sb_phase == "contrib":
+            missing = rnd.sb_u1 - set(rnd.contributions)
+            if missing - rnd.gone and now < rnd.agg_deadline:
+                return
+            u2 = rnd.sb_u1 - missing
+            if len(u2) < max(t, self.config.u_min):
+                self._secure_conclude(rnd, now, out, abort="too_few_contributions")
+                return
+            if missing:
+                out.append(Log("info", f"round {rnd.number}: {len(missing)} contributor(s) dropped after sharing; "
+                                       "recovering their masks from shares"))
+            rnd.sa_set = frozenset(u2)
+            rnd.sb_phase = "unmask"
+            rnd.sa_unmask_sent = True
+            rnd.sa_reveal_deadline = now + self.config.t_commit
+            for peer in sorted(u2):
+                data = self._seal(MsgType.UNMASK, peer, rnd.number, now,
+                                  meta={"u": sorted(u2), "x": sorted(rnd.sb_u1 - u2)})
+                self._send(out, peer, data, "unmask")
+            return
+        # unmask: gather shares from the survivors
+        missing = rnd.sa_set - set(rnd.sb_reveals)
+        if missing and now < (rnd.sa_reveal_deadline or now) and not (missing <= rnd.gone):
+            return
+        if len(rnd.sb_reveals) < t:
+            self._secure_conclude(rnd, now, out, abort="reveal_missing")
+            return
+        assert rnd.half is not None
+        try:
+            terms = []
+            for j in sorted(rnd.sa_set):
+                shares = [rev[0][j] for rev in rnd.sb_reveals.values() if j in rev[0]]
+                terms.append((-1, secagg.reconstruct_secret(shares, t)))
+            for j in sorted(rnd.sb_u1 - rnd.sa_set):  # dropped after sharing: cancel its dangling masks
+                shares = [rev[1][j] for rev in rnd.sb_reveals.values() if j in rev[1]]
+                keys = EpochKeys.from_private_bytes(secagg.reconstruct_secret(shares, t))
+                if keys.public_bytes != rnd.hello_epk.get(j):
+                    raise ShamirError("reconstructed key does not match the signed HELLO")
+                for k in mask_partners(j, rnd.sb_u1):
+                    if k in rnd.sa_set:
+                        seed = mask_seed(keys.shared_secret(rnd.hello_epk[k]), federation_id=self.config.federation,
+                                         round=rnd.number, attempt=0, aggregator_id=self.me, id_j=j, id_k=k)
+                        terms.append((-mask_sign(k, j), seed))
+        except (ShamirError, KeyAgreementError, ValueError) as exc:
+            out.append(Log("warning", f"round {rnd.number}: cannot reconstruct the masks ({exc}); discarded"))
+            self._secure_conclude(rnd, now, out, abort="bad_shares")
+            return
+        members = sorted(rnd.sa_set)
+        ring_total = apply_prg_terms(secagg.unmask([rnd.contributions[p] for p in members], self._ring_spec, []),
+                                     terms)
+        self._finish_sum(rnd, ring_total, now, out)
+
+    def _on_shares(self, rnd: _Round, msg: Message, out: list[Action]) -> None:
+        """A contributor's sealed bundles for the others of U (we only relay them; we cannot open them)."""
+        sealed = msg.meta.get("s")
+        if (self.phase != AGGREGATE or rnd.sb_phase != "shares" or msg.sender not in rnd.sa_set
+                or msg.sender in rnd.sb_bundles or not isinstance(sealed, list)):
+            return
+        bundles = {item[0]: item[1] for item in sealed if isinstance(item, list) and len(item) == 2
+                   and isinstance(item[0], bytes) and isinstance(item[1], bytes) and item[0] in rnd.sa_set}
+        if set(bundles) != rnd.sa_set - {msg.sender}:
+            self._reject(out, Reject("bad_shares", sender=msg.sender, detail="not one bundle per other contributor"))
+            return
+        rnd.sb_bundles[msg.sender] = bundles
+
+    def _on_share_reveal(self, rnd: _Round, msg: Message, out: list[Action]) -> None:
+        if rnd.sb_phase != "unmask" or msg.sender not in rnd.sa_set or msg.sender in rnd.sb_reveals:
+            return
+        parsed = []
+        for key, expected in (("bs", rnd.sa_set), ("ks", rnd.sb_u1 - rnd.sa_set)):
+            items = msg.meta.get(key)
+            if not isinstance(items, list):
+                self._reject(out, Reject("bad_meta", sender=msg.sender, detail="reveal"))
+                return
+            got = {it[0]: it[1] for it in items if isinstance(it, list) and len(it) == 2 and isinstance(it[0], bytes)}
+            if set(got) != set(expected):
+                self._reject(out, Reject("bad_meta", sender=msg.sender, detail=f"reveal {key} set"))
+                return
+            parsed.append(got)
+        rnd.sb_reveals[msg.sender] = (parsed[0], parsed[1])
 
     def _secure_retry(self, rnd: _Round, missing: frozenset[bytes] | set[bytes], now: float, out: list[Action],
                       what: str) -> None:
@@ -604,9 +734,18 @@ class GossipNode:
         elif t == MsgType.UNMASK:
             self._answer_unmask(rnd, msg, now, out)
         elif t == MsgType.CONTRIBUTE:
-            if (self.phase == AGGREGATE and not rnd.sa_unmask_sent and sender in rnd.sa_set
+            expected = rnd.sb_u1 if self._plus else rnd.sa_set
+            if self._plus and rnd.sb_phase != "contrib":
+                return
+            if (self.phase == AGGREGATE and not rnd.sa_unmask_sent and sender in expected
                     and msg.attempt == rnd.attempt and sender not in rnd.contributions):
                 rnd.contributions[sender] = msg.arrays
+        elif t == MsgType.SHARES and self._plus:
+            self._on_shares(rnd, msg, out)
+        elif t == MsgType.RELAY and self._plus:
+            self._on_share_relay(rnd, msg, now, out)
+        elif t == MsgType.REVEAL and self._plus:
+            self._on_share_reveal(rnd, msg, out)
         elif t == MsgType.REVEAL:
             seed = msg.meta.get("b")
             if not (isinstance(seed, bytes) and len(seed) == 32):
@@ -626,7 +765,7 @@ class GossipNode:
         self._reject(out, Reject("bad_setup", sender=msg.sender, detail=reason))
 
     def _answer_setup(self, rnd: _Round, msg: Message, now: float, out: list[Action]) -> None:
-        """Contributor: check the aggregator's request, then send y = enc(W x) + pairwise + self masks."""
+        """Contributor: check the aggregator's request, then mask (mode A) or share secrets (mode B)."""
         agg, attempt = msg.sender, msg.attempt
         members, their_n, their_d = self._peer_set(msg, "u"), self._peer_set(msg, "n"), self._peer_degree(msg)
         relayed = msg.meta.get("h")
@@ -636,7 +775,7 @@ class GossipNode:
         if agg not in rnd.proposed or agg not in rnd.epoch_keys:
             self._refuse_setup(out, msg, "not_a_neighbour")
             return
-        if attempt > self.config.max_retries:
+        if attempt > (0 if self._plus else self.config.max_retries):
             self._refuse_setup(out, msg, "attempt_above_max")
             return
         if self.me not in members or agg in members or len(members) < self.config.u_min:
@@ -656,7 +795,7 @@ class GossipNode:
         if rnd.half is None:
             rnd.sa_pending[agg] = msg  # answered when the local step is done
             return
-        epks: dict[bytes, bytes] = {}
+        keys: dict[bytes, secagg.RelayedKey] = {}
         for raw in relayed:
             key = hashlib.sha256(raw).digest() if isinstance(raw, bytes) else b""
             checked = self._relayed_ok.get(key)
@@ -670,13 +809,23 @@ class GossipNode:
                     return
                 checked = self._relayed_ok[key] = result
             if checked is not None and checked.sender in members:
-                epks[checked.sender] = checked.epk
+                keys[checked.sender] = checked
+        weight = mh_weight(rnd.degree, their_d)
+        if self._plus:
+            self._share_secrets(rnd, msg, members, keys, weight, now, out)
+        else:
+            self._send_masked(rnd, msg, agg, attempt, members, {p: k.epk for p, k in keys.items()}, weight, now, out)
+
+    def _send_masked(self, rnd: _Round, msg: Message, agg: bytes, attempt: int, members: frozenset[bytes],
+                     epks: dict[bytes, bytes], weight: float, now: float, out: list[Action],
+                     self_mask: bytes | None = None) -> None:
+        """CONTRIBUTE y = enc(W x) + pairwise masks over ``members`` + a self-mask, to ``agg`` only."""
+        assert rnd.half is not None
         try:
             seeds = derive_mask_seeds(rnd.epoch_keys[agg], self.me, epks, federation_id=self.config.federation,
                                       round=rnd.number, attempt=attempt, aggregator_id=agg, contributor_ids=members)
-            encoded = secagg.encode_scaled(rnd.half, self.spec, mh_weight(rnd.degree, their_d),
-                                           bound=self.config.max_abs or secagg.B_MAX)
-            self_mask = os.urandom(32)
+            encoded = secagg.encode_scaled(rnd.half, self.spec, weight, bound=self.config.max_abs or secagg.B_MAX)
+            self_mask = self_mask or os.urandom(32)
             masked = secagg.mask_encoded(encoded, self._ring_spec, self_id=self.me, aggregator=agg,
                                          contributors=members, seeds=seeds, self_mask_seed=self_mask,
                                          min_contributors=self.config.u_min)
@@ -699,7 +848,10 @@ class GossipNode:
         self._send(out, agg, data, "contribute")
 
     def _answer_unmask(self, rnd: _Round, msg: Message, now: float, out: list[Action]) -> None:
-        """Contributor: reveal b^a only for the attempt we answered last; afterwards answer no retry."""
+        """Contributor: reveal b^a only for the attempt we answered last (mode A), or the shares (mode B)."""
+        if self._plus:
+            self._reveal_shares(rnd, msg, now, out)
+            return
         agg = msg.sender
         answered = rnd.sa_answered.get(agg)
         members = self._peer_set(msg, "u")
@@ -713,6 +865,86 @@ class GossipNode:
         for key in [k for k in rnd.sa_self_masks if k[0] == agg and k[1] != msg.attempt]:
             del rnd.sa_self_masks[key]  # superseded attempts stay dangling forever
         data = self._seal(MsgType.REVEAL, agg, rnd.number, now, attempt=msg.attempt, meta={"b": seed})
+        self._send(out, agg, data, "reveal")
+
+    # ------------------------------------------------------------------ mode B (SecAgg+), contributor side
+
+    def _share_secrets(self, rnd: _Round, msg: Message, members: frozenset[bytes],
+                       keys: dict[bytes, secagg.RelayedKey], weight: float, now: float, out: list[Action]) -> None:
+        """SHARES to the aggregator: t-of-|U| shares of b_j and of our masking key for it, one sealed
+        bundle per other contributor (under the separate encryption keys, never the shared one)."""
+        agg = msg.sender
+        others = members - {self.me}
+        if not all(p in keys and keys[p].cpk is not None for p in others):
+            self._refuse_setup(out, msg, "missing_partner_key")
+            return
+        b_seed = os.urandom(32)
+        t = shamir_threshold(len(members))
+        bundles = secagg.share_secrets(b_seed, rnd.epoch_keys[agg].private_bytes(), members, t)
+        enc = rnd.enc_keys[agg]
+        sealed = []
+        try:
+            for peer in sorted(others):
+                sealed.append([peer, seal_bundle(enc, keys[peer].cpk, bundles[peer],
+                                                 federation_id=self.config.federation, round=rnd.number,
+                                                 sender_id=self.me, recipient_id=peer)])
+        except KeyAgreementError:
+            self._refuse_setup(out, msg, "bad_partner_key")
+            return
+        rnd.sa_answered[agg] = (0, members)
+        rnd.sb_own[agg] = {"b": b_seed, "own": bundles[self.me], "keys": keys, "w": weight, "t": t,
+                           "setup": msg}
+        data = self._seal(MsgType.SHARES, agg, rnd.number, now, meta={"s": sealed})
+        self._send(out, agg, data, "shares")
+
+    def _on_share_relay(self, rnd: _Round, msg: Message, now: float, out: list[Action]) -> None:
+        """The aggregator relays the bundles addressed to us and fixes U1 (who shared): now mask over U1."""
+        agg = msg.sender
+        own = rnd.sb_own.get(agg)
+        u1, relayed = self._peer_set(msg, "u1"), msg.meta.get("s")
+        if own is None or agg in rnd.sb_held or u1 is None or not isinstance(relayed, list):
+            return
+        members = rnd.sa_answered[agg][1]
+        if self.me not in u1 or not u1 <= members or len(u1) < max(self.config.u_min, own["t"]):
+            self._refuse_setup(out, msg, "bad_share_set")
+            return
+        held: dict[bytes, tuple] = {self.me: secagg.open_share_bundle(own["own"])}
+        for item in relayed:
+            if not (isinstance(item, list) and len(item) == 2 and item[0] in u1 and isinstance(item[1], bytes)):
+                continue
+            sender, blob = item
+            try:
+                plain = open_bundle(rnd.enc_keys[agg], own["keys"][sender].cpk, blob,
+                                    federation_id=self.config.federation, round=rnd.number, sender_id=sender,
+                                    recipient_id=self.me)
+                held[sender] = secagg.open_share_bundle(plain)
+            except (BundleDecryptionError, ShamirError, KeyAgreementError, KeyError):
+                self._reject(out, Reject("bad_shares", sender=sender, detail="bundle failed to open"))
+        if set(held) != set(u1):
+            self._refuse_setup(out, msg, "missing_shares")
+            return
+        rnd.sb_held[agg] = held
+        self._send_masked(rnd, own["setup"], agg, 0, u1, {p: k.epk for p, k in own["keys"].items()}, own["w"],
+                          now, out, self_mask=own["b"])
+        rnd.sa_answered[agg] = (0, u1)
+
+    def _reveal_shares(self, rnd: _Round, msg: Message, now: float, out: list[Action]) -> None:
+        """For each contributor j of U1: its self-mask share if it survived, its key share if it dropped,
+        never both, and only once per aggregator and round."""
+        agg = msg.sender
+        held = rnd.sb_held.get(agg)
+        survivors, dropped = self._peer_set(msg, "u"), self._peer_set(msg, "x")
+        own = rnd.sb_own.get(agg)
+        if held is None or own is None or survivors is None or dropped is None or agg in rnd.sa_revealed:
+            self._reject(out, Reject("bad_unmask", sender=agg, detail="nothing to reveal"))
+            return
+        if (survivors & dropped or (survivors | dropped) != set(held) or self.me not in survivors
+                or len(survivors) < own["t"]):
+            self._reject(out, Reject("bad_unmask", sender=agg, detail="survivor/dropout sets inconsistent"))
+            return
+        rnd.sa_revealed[agg] = 0
+        data = self._seal(MsgType.REVEAL, agg, rnd.number, now, meta={
+            "bs": [[p, held[p][0]] for p in sorted(survivors)], "ks": [[p, held[p][1]] for p in sorted(dropped)]})
         self._send(out, agg, data, "reveal")
 
     # ------------------------------------------------------------------ receiving
@@ -819,9 +1051,11 @@ class GossipNode:
                 return
             rnd.hellos.setdefault(sender, (their_n, their_d))
             if self._secure:
-                epk = secagg.hello_epk(msg)
-                if epk is not None:
+                epk, cpk = secagg.hello_epk(msg), secagg.hello_epk(msg, "cpk")
+                if epk is not None and (cpk is not None or not self._plus):
                     rnd.hello_epk.setdefault(sender, epk)
+                    if cpk is not None:
+                        rnd.hello_cpk.setdefault(sender, cpk)
                 return
             if self.me in their_n:
                 self._maybe_late_edge(rnd, sender, their_d, now, out)
@@ -877,6 +1111,8 @@ class GossipNode:
                 self._answer_setup(rnd, msg, now, out)
             elif t == MsgType.UNMASK:
                 self._answer_unmask(rnd, msg, now, out)
+            elif t == MsgType.RELAY and self._plus:
+                self._on_share_relay(rnd, msg, now, out)
             elif t == MsgType.COMMIT and rnd.used is not None:
                 self._answer_commit_request(rnd, msg, now, out)
             return

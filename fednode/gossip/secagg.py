@@ -37,6 +37,7 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+import msgpack
 import numpy as np
 
 from fednode.security.arrays import Model, ModelSpec
@@ -45,6 +46,7 @@ from fednode.security.identity import AllowList
 from fednode.security.kdf import X25519_KEY_BYTES
 from fednode.security.masking import apply_prg_terms, mask_partners, masked_contribution
 from fednode.security.replay import ReplayGuard
+from fednode.security import shamir
 from fednode.security.ring import B_MAX, FRAC_BITS, encode
 
 MODES = ("off", "retry", "secagg+")
@@ -58,11 +60,13 @@ class RelayedKey:
 
     sender: bytes
     epk: bytes
+    cpk: bytes | None = None
+    """Mode B: the contributor's separate X25519 key for share encryption (never secret-shared)."""
 
 
-def hello_epk(msg: Message) -> bytes | None:
-    """The 32-byte X25519 public key a HELLO carries, or None."""
-    epk = msg.meta.get("epk")
+def hello_epk(msg: Message, field: str = "epk") -> bytes | None:
+    """The 32-byte X25519 public key a HELLO carries (``epk``: masking, ``cpk``: share encryption), or None."""
+    epk = msg.meta.get(field)
     return epk if isinstance(epk, bytes) and len(epk) == X25519_KEY_BYTES else None
 
 
@@ -92,7 +96,7 @@ def verify_relayed_hello(raw: bytes, *, aggregator: bytes, expected_sender: byte
     epk = hello_epk(result)
     if epk is None:
         return Reject("relayed_hello", sender=result.sender, detail="HELLO without an epoch key")
-    return RelayedKey(result.sender, epk)
+    return RelayedKey(result.sender, epk, hello_epk(result, "cpk"))
 
 
 def encode_scaled(half: Model, spec: ModelSpec, weight: float, *, bound: float = B_MAX,
@@ -155,3 +159,42 @@ def apply_sum(half: Model, spec: ModelSpec, sum_flat: np.ndarray, weight_sum: fl
     mixed = (1.0 - float(weight_sum)) * own + sum_flat
     out = spec.unflatten(mixed.astype(np.float64))
     return {k: out[k].astype(half[k].dtype) for k in half}
+
+
+# ---------------------------------------------------------------------------- mode B (SecAgg+)
+
+
+def share_secrets(b_seed: bytes, mask_private: bytes, holders: Iterable[bytes], threshold: int
+                  ) -> dict[bytes, bytes]:
+    """t-of-n Shamir shares of the self-mask seed and the masking private key, one bundle per holder.
+
+    Holder k (sorted order, x = 1 + its index) gets ``msgpack([b-share, key-share])``; the caller seals
+    each bundle for k with ChaCha20-Poly1305 under the separate encryption key (:mod:`aead`).
+    """
+    ids = sorted(holders)
+    b_shares = shamir.split(b_seed, threshold, len(ids))
+    k_shares = shamir.split(mask_private, threshold, len(ids))
+    return {k: msgpack.packb([b_shares[i].to_wire(), k_shares[i].to_wire()], use_bin_type=True)
+            for i, k in enumerate(ids)}
+
+
+def open_share_bundle(data: bytes) -> tuple[list, list]:
+    """The (b-share, key-share) wire pair of a decrypted bundle; raises ShamirError on anything odd."""
+    try:
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=shamir.Y_BYTES, max_str_len=0,
+                              max_array_len=4, max_map_len=0, max_ext_len=0)
+    except Exception as exc:  # noqa: BLE001 - peer bytes
+        raise shamir.ShamirError(f"share bundle is not bounded msgpack: {type(exc).__name__}") from None
+    if type(obj) is not list or len(obj) != 2:
+        raise shamir.ShamirError("a share bundle is [b-share, key-share]")
+    shamir.Share.from_wire(obj[0])
+    shamir.Share.from_wire(obj[1])
+    return obj[0], obj[1]
+
+
+def reconstruct_secret(shares_wire: Iterable[object], threshold: int) -> bytes:
+    """The shared bytes from at least ``threshold`` wire shares (the first ``threshold`` are used)."""
+    shares = [shamir.Share.from_wire(s) for s in shares_wire]
+    if len(shares) < threshold:
+        raise shamir.ShamirError(f"{len(shares)} shares < threshold {threshold}")
+    return shamir.reconstruct_bytes(shares[:threshold])

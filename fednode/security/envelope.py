@@ -90,7 +90,9 @@ class MsgType(enum.IntEnum):
     REVEAL = 10
     """Secure aggregation: contributor -> aggregator, the attempt's self-mask seed (or, mode B, shares)."""
     SHARES = 11
-    """Secure aggregation mode B: AEAD-sealed Shamir share bundles, relayed by the aggregator."""
+    """Secure aggregation mode B: contributor -> aggregator, AEAD-sealed Shamir share bundles for the others."""
+    RELAY = 12
+    """Secure aggregation mode B: aggregator -> contributor, the bundles addressed to it and the set U1."""
 
 
 _MSG_TYPES = frozenset(int(t) for t in MsgType)
