@@ -103,7 +103,7 @@ def encode_scaled(half: Model, spec: ModelSpec, weight: float, *, bound: float =
                   frac_bits: int = FRAC_BITS) -> np.ndarray:
     """enc(W_ij x_j) as one flat uint64 vector in spec order (raises RingEncodingError out of range)."""
     flat = spec.flatten(half, dtype=np.float64)
-    return encode(flat * float(weight), frac_bits=frac_bits, bound=bound)
+    return encode(flat, frac_bits=frac_bits, bound=bound, scale=float(weight))
 
 
 def mask_encoded(encoded: np.ndarray, ring_spec: ModelSpec, *, self_id: bytes, aggregator: bytes,
