@@ -147,9 +147,10 @@ def reconstruct_bytes(shares: Iterable[Share]) -> bytes:
 def threshold(n: int) -> int:
     """t = floor(2n/3) + 1: more than two thirds of the n holders must cooperate.
 
-    The PROTOCOL's choice for SecAgg+ mode B, after Bonawitz et al. (ePrint 2017/281, section 6,
-    active adversary); re-check it against the paper before relying on mode B against a
-    malicious aggregator."""
+    Bonawitz et al. (ePrint 2017/281, section 6) need t > (n + n_C)/2 with n_C < n/3 corrupt clients
+    against an active server; this t meets that. Against the honest-but-curious aggregator fednode
+    claims (no consistency round is run, docs/security.md) any t above the colluders would do; the
+    larger t tolerates ceil(n/3) - 1 dropouts per round."""
     if type(n) is not int or n < 2:
         raise ShamirError("threshold needs n >= 2 holders")
     return 2 * n // 3 + 1
