@@ -46,6 +46,28 @@ def epsilon(noise_multiplier: float, sampling_rate: float, steps: int, delta: fl
             "delta": delta, "noise_multiplier": noise_multiplier, "sampling_rate": sampling_rate, "steps": steps}
 
 
+def epsilon_of_releases(events: list[tuple[float, float, int]], delta: float, accountant: str = "rdp") -> float:
+    """Epsilon at ``delta`` of a sequence of (noise multiplier, sampling rate, steps) releases.
+
+    Identical (z, q) releases are grouped into one self-composed event, so a long ledger costs one
+    accountant call per distinct mechanism, not per round.
+    """
+    if not 0 < delta < 1:
+        raise ValueError("delta must be in (0, 1)")
+    groups: dict[tuple[float, float], int] = {}
+    for z, q, steps in events:
+        groups[(float(z), float(q))] = groups.get((float(z), float(q)), 0) + int(steps)
+    composed = dp_event.ComposedDpEvent([make_event(z, q, t) for (z, q), t in sorted(groups.items())])
+    if accountant == "rdp":
+        acc = rdp.RdpAccountant()
+    elif accountant == "pld":
+        acc = pld_privacy_accountant.PLDAccountant(value_discretization_interval=PLD_DISCRETIZATION)
+    else:
+        raise ValueError("accountant must be 'rdp' or 'pld'")
+    acc.compose(composed)
+    return float(acc.get_epsilon(delta))
+
+
 def noise_for_epsilon(target_epsilon: float, sampling_rate: float, steps: int, delta: float,
                       accountant: str = "rdp") -> float:
     """Smallest noise multiplier whose epsilon (by ``accountant``) is at most the target (bisection, 1e-4 rel)."""
