@@ -60,6 +60,9 @@ class RoundConfig:
     """"off" (plaintext gossip), "retry" (mode A: masked sums, re-masked over the survivors after a
     dropout) or "secagg+" (mode B: self-masks and Shamir-shared keys, dropouts recovered without retry).
     Excludes the robust aggregators: masked sums cannot be clipped or trimmed per contributor."""
+    dp_distributed: tuple[float, float, int] | None = None
+    """Distributed DP (noise multiplier z, clip C, colluders c): each contributor adds N(0, (z C)^2 /
+    (|U| - c)) to the value it masks, so the aggregator's sum carries the Gaussian mechanism's noise."""
     # --- aggregation rule (plaintext only)
     aggregator: str = "gossip"
     clip_tau: float | None = None
@@ -85,6 +88,8 @@ class RoundConfig:
         if self.secure and self.aggregator != "gossip":
             raise ValueError(f"secure aggregation excludes the {self.aggregator!r} aggregator: masked sums cannot be "
                              "clipped, trimmed or filtered per contributor (see docs/security.md)")
+        if self.dp_distributed is not None and not self.secure:
+            raise ValueError("distributed DP needs secure aggregation")
         if self.secure and self.max_distance is not None:
             raise ValueError("secure aggregation excludes max_distance: a masked contribution has no readable distance")
 

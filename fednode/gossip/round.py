@@ -52,6 +52,7 @@ from fednode.security.identity import AllowList, Identity
 from fednode.security.kdf import EpochKeys, KeyAgreementError
 from fednode.security.aead import BundleDecryptionError, open_bundle, seal_bundle
 from fednode.security.kdf import mask_seed
+from fednode.security.noise import add_gaussian, distributed_sigma, make_rng
 from fednode.security.masking import (TooFewContributorsError, apply_prg_terms, derive_mask_seeds, mask_partners,
                                       mask_sign)
 from fednode.security.shamir import ShamirError
@@ -172,6 +173,7 @@ class GossipNode:
         self._sync_target: int | None = None
         self._timer: float | None = None
         self._secure = config.secure
+        self._dp_rng = make_rng() if config.dp_distributed is not None else None
         self._plus = config.secure_aggregation == "secagg+"
         self._ring_spec = spec.with_dtype(secagg.RING_DTYPE)
         self._hello_raw: dict[tuple[int, bytes], bytes] = {}   # (round, sender) -> signed HELLO bytes (to relay)
@@ -824,7 +826,12 @@ class GossipNode:
         try:
             seeds = derive_mask_seeds(rnd.epoch_keys[agg], self.me, epks, federation_id=self.config.federation,
                                       round=rnd.number, attempt=attempt, aggregator_id=agg, contributor_ids=members)
-            encoded = secagg.encode_scaled(rnd.half, self.spec, weight, bound=self.config.max_abs or secagg.B_MAX)
+            value = rnd.half
+            if self.config.dp_distributed is not None:  # our share of the aggregator's noise, fresh per message
+                z, clip, colluders = self.config.dp_distributed
+                sigma = distributed_sigma(z, clip, len(members), min(colluders, len(members) - 1))
+                value = add_gaussian(rnd.half, sigma, self._dp_rng)
+            encoded = secagg.encode_scaled(value, self.spec, weight, bound=self.config.max_abs or secagg.B_MAX)
             self_mask = self_mask or os.urandom(32)
             masked = secagg.mask_encoded(encoded, self._ring_spec, self_id=self.me, aggregator=agg,
                                          contributors=members, seeds=seeds, self_mask_seed=self_mask,

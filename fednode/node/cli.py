@@ -89,6 +89,12 @@ _START_FLAGS = {
     "--t-commit": ("t_commit", float, "COMMIT wait (s)"),
     "--max-retries": ("max_retries", int, "RETRY attempts per round"),
     "--aggregator": ("aggregator", str, "gossip | clipped | trimmed_mean | median"),
+    "--dp": ("dp", str, "off | local | dpsgd | distributed (docs/privacy.md)"),
+    "--dp-noise-multiplier": ("dp_noise_multiplier", float, "noise multiplier z (or give --dp-epsilon and --rounds)"),
+    "--dp-clip": ("dp_clip", float, "clip C of a round's update (local, distributed) or of an example's gradient"),
+    "--dp-epsilon": ("dp_epsilon", float, "privacy budget: stop releasing before epsilon would exceed it"),
+    "--dp-delta": ("dp_delta", float, "delta at which epsilon is reported (default 1e-5)"),
+    "--dp-colluders": ("dp_colluders", int, "distributed DP: contributors assumed to collude with the aggregator"),
     "--secure-aggregation": ("secure_aggregation", str,
                              "off | retry | secagg+: neighbours see only masked sums (docs/security.md)"),
     "--log-level": ("log_level", str, "debug | info | warning"),
@@ -131,6 +137,22 @@ def _setup_logging(level: str, short: str = "") -> None:
                         datefmt="%H:%M:%S", stream=sys.stderr)
 
 
+def _configure_dp(cfg: NodeConfig, trainer) -> None:
+    """Calibrate z for the whole run when only a budget is given, and switch the trainer to DP-SGD."""
+    if cfg.dp == "off":
+        return
+    q, steps = (trainer.sampling_rate, trainer.steps_per_round) if cfg.dp == "dpsgd" else (1.0, 1)
+    if cfg.dp_noise_multiplier is None:
+        from fednode.security.accountant import noise_for_epsilon
+        assert cfg.dp_epsilon is not None and cfg.rounds is not None
+        cfg.dp_noise_multiplier = noise_for_epsilon(cfg.dp_epsilon, q, cfg.rounds * steps, cfg.dp_delta)
+        logging.getLogger("fednode.node").info(
+            "DP (%s): noise multiplier %.4f spends epsilon %.3g at delta %g over %d rounds (q %.4g, %d steps/round)",
+            cfg.dp, cfg.dp_noise_multiplier, cfg.dp_epsilon, cfg.dp_delta, cfg.rounds, q, steps)
+    if cfg.dp == "dpsgd":
+        trainer.enable_dp_sgd(cfg.dp_noise_multiplier, cfg.dp_clip)
+
+
 def cmd_start(args: argparse.Namespace) -> int:
     cfg = _start_config(args)
     from fednode.security.identity import AllowList, Identity
@@ -154,6 +176,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     trainer = Trainer(task, seed=cfg.seed, node_index=cfg.node_index, node_count=cfg.node_count,
                       split=cfg.split, alpha=cfg.alpha, data_dir=cfg.data_dir, local_epochs=cfg.local_epochs,
                       batch_size=cfg.batch_size, learning_rate=cfg.learning_rate)
+    _configure_dp(cfg, trainer)
     from fednode.gossip.transports.zenoh_transport import ZenohTransport
     settings = zenoh_settings_for(cfg, identity.peer_id)
     from fednode.node.runtime import NodeRuntime
@@ -223,7 +246,9 @@ def cmd_testnet(args: argparse.Namespace) -> int:
                           workdir=Path(args.workdir) if args.workdir else None, data_dir=args.data_dir,
                           local_epochs=args.local_epochs, timeout=args.timeout, quiet=args.quiet,
                           keep=args.keep, extra_args=args.node_arg or [],
-                          secure_aggregation=args.secure_aggregation)
+                          secure_aggregation=args.secure_aggregation, dp=args.dp,
+                          dp_noise_multiplier=args.dp_noise_multiplier, dp_clip=args.dp_clip,
+                          dp_epsilon=args.dp_epsilon, dp_delta=args.dp_delta)
     report = run_testnet(opts)
     return 0 if report.get("ok") else 1
 
@@ -297,6 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node-arg", action="append", help="extra flag passed to every `fednode start`")
     p.add_argument("--secure-aggregation", default="off", choices=["off", "retry", "secagg+"],
                    help="mask every contribution (docs/security.md); default off")
+    p.add_argument("--dp", default="off", choices=["off", "local", "dpsgd", "distributed"],
+                   help="differential privacy mechanism (docs/privacy.md)")
+    p.add_argument("--dp-noise-multiplier", type=float, default=None)
+    p.add_argument("--dp-clip", type=float, default=1.0)
+    p.add_argument("--dp-epsilon", type=float, default=None,
+                   help="budget per node at --dp-delta (calibrates the noise when no multiplier is given)")
+    p.add_argument("--dp-delta", type=float, default=1e-5)
     p.set_defaults(func=cmd_testnet)
 
     p = sub.add_parser("privacy", help="epsilon of a (Poisson-subsampled) Gaussian mechanism, as JSON")

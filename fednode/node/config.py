@@ -67,6 +67,19 @@ class NodeConfig:
     aggregator: str = "gossip"
     secure_aggregation: str = "off"
     """"off", "retry" (mode A) or "secagg+" (mode B): neighbours see only masked sums (docs/security.md)."""
+    # differential privacy (docs/privacy.md)
+    dp: str = "off"
+    """"off", "local" (node-level: clip each round's update to dp_clip, add N(0, z^2 C^2)), "dpsgd"
+    (example-level DP-SGD in the trainer) or "distributed" (noise shares inside secure aggregation)."""
+    dp_noise_multiplier: float | None = None
+    """z; omitted with dp_epsilon and rounds set, the smallest z that spends dp_epsilon over the run."""
+    dp_clip: float = 1.0
+    """C: L2 bound of a round's update (local, distributed) or of one example's gradient (dpsgd)."""
+    dp_epsilon: float | None = None
+    """Privacy budget at dp_delta: the node stops releasing before it would exceed it."""
+    dp_delta: float = 1e-5
+    dp_colluders: int = 0
+    """distributed: contributors assumed to collude with the aggregator (their noise does not count)."""
     # runtime
     min_peers: int = 0
     """A fresh node (no checkpoint) waits for this many live peers before round 0 ..."""
@@ -91,14 +104,21 @@ class NodeConfig:
         return Path(self.state_dir) / "checkpoint.fnck"
 
     @property
+    def ledger_path(self) -> Path:
+        return Path(self.state_dir) / "privacy_ledger.jsonl"
+
+    @property
     def status_path(self) -> Path:
         return Path(self.state_dir) / "status.json"
 
     def round_config(self) -> RoundConfig:
         return RoundConfig(federation=self.federation, t_hello=self.t_hello, t_agg=self.t_agg,
                            t_commit=self.t_commit, max_retries=self.max_retries, degree=self.degree,
-                           update_clip=self.clip, aggregator=self.aggregator, max_rounds=self.rounds,
-                           secure_aggregation=self.secure_aggregation)
+                           update_clip=self.dp_clip if self.dp == "distributed" else self.clip,
+                           aggregator=self.aggregator, max_rounds=self.rounds,
+                           secure_aggregation=self.secure_aggregation,
+                           dp_distributed=(self.dp_noise_multiplier, self.dp_clip, self.dp_colluders)
+                           if self.dp == "distributed" and self.dp_noise_multiplier else None)
 
     # ------------------------------------------------------------------ validation and loading
 
@@ -121,6 +141,22 @@ class NodeConfig:
             raise ConfigError("client mode needs --connect with the router's endpoint")
         if self.aggregator not in AGGREGATORS:
             raise ConfigError(f"aggregator must be one of {', '.join(AGGREGATORS)}")
+        if self.dp not in ("off", "local", "dpsgd", "distributed"):
+            raise ConfigError("dp must be one of off, local, dpsgd, distributed")
+        if self.dp != "off":
+            if not self.dp_clip > 0 or not 0 < self.dp_delta < 1:
+                raise ConfigError("dp_clip must be > 0 and dp_delta in (0, 1)")
+            if self.dp_noise_multiplier is None and (self.dp_epsilon is None or self.rounds is None):
+                raise ConfigError("differential privacy needs --dp-noise-multiplier, or --dp-epsilon with --rounds "
+                                  "(to calibrate the noise for the whole run)")
+            if self.dp_noise_multiplier is not None and not self.dp_noise_multiplier > 0:
+                raise ConfigError("dp_noise_multiplier must be > 0")
+            if self.dp_epsilon is not None and not self.dp_epsilon > 0:
+                raise ConfigError("dp_epsilon must be > 0")
+        if self.dp == "distributed" and self.secure_aggregation == "off":
+            raise ConfigError("distributed DP adds noise shares inside secure aggregation: set --secure-aggregation")
+        if self.dp == "local" and self.clip is not None:
+            raise ConfigError("with dp = local the update is clipped to dp_clip; leave clip unset")
         for ep in [*self.listen, *self.connect]:
             if not re.match(r"^(tcp|udp|tls|quic|ws)/[^\s/]+:\d{1,5}$", ep) and not ep.startswith("tcp/["):
                 raise ConfigError(f"endpoint {ep!r} is not of the form tcp/HOST:PORT")

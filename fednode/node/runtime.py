@@ -35,6 +35,8 @@ from fednode.node.config import NodeConfig
 from fednode.node.status import seal_status
 from fednode.security.arrays import Model
 from fednode.security.identity import AllowList, Identity, short_id
+from fednode.security.ledger import PrivacyLedger, Release
+from fednode.security.noise import make_rng, privatize_update
 
 log = logging.getLogger("fednode.node")
 
@@ -88,6 +90,18 @@ class NodeRuntime:
         self._finished_at: float | None = None
         self._pending_records: dict[int, RoundRecord] = {}
         self.timing = {"train_s": 0.0, "eval_s": 0.0, "handle_s": 0.0, "checkpoint_s": 0.0}
+        # differential privacy: the ledger is loaded before anything can be released
+        self.ledger: PrivacyLedger | None = None
+        self.budget_exhausted = False
+        self._exhausted_until: float | None = None
+        self._step_bases: dict[int, Model] = {}
+        self._dp_rng = make_rng() if config.dp != "off" else None
+        if config.dp != "off":
+            self.ledger = PrivacyLedger(config.ledger_path, config.dp_delta, fallback=self._release_for(0))
+            if self.ledger.recovered_torn_record:
+                log.warning("privacy ledger: the last record was torn by a crash; counted as a release")
+            if config.dp_epsilon is not None and self.ledger.epsilon() > config.dp_epsilon:
+                self.budget_exhausted = True  # a restart after exhaustion stays silent
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -131,6 +145,14 @@ class NodeRuntime:
             t0 = time.perf_counter()
             warmup(model)
             log.info("trainer ready (compiled in %.1f s)", time.perf_counter() - t0)
+        if self.budget_exhausted:
+            assert self.ledger is not None
+            log.warning("privacy budget already spent (epsilon %.4f > %.4f at delta %g): not joining the federation",
+                        self.ledger.epsilon(), self.config.dp_epsilon, self.config.dp_delta)
+            self._write_status_file()
+            if self.config.rounds is None:
+                self._stop.wait()
+            return 0
         worker = threading.Thread(target=self._worker, name="trainer", daemon=True)
         worker.start()
         self.transport = self._transport_factory(
@@ -158,6 +180,51 @@ class NodeRuntime:
                 if self.transport is not None:
                     self.transport.close()
         return 0
+
+    # ------------------------------------------------------------------ differential privacy
+
+    def _release_for(self, rnd: int) -> Release:
+        """The DP event one round's release costs (PROTOCOL §4)."""
+        c = self.config
+        z = float(c.dp_noise_multiplier or 0.0) or 1.0  # calibration sets it before run(); 1.0 only for a torn record
+        if c.dp == "dpsgd":
+            return Release(rnd, "dpsgd", z, float(self.trainer.sampling_rate), int(self.trainer.steps_per_round),
+                           time.time())
+        return Release(rnd, c.dp if c.dp != "off" else "local", z, 1.0, 1, time.time())
+
+    def _privatize(self, rnd: int, model: Model) -> Model | None:
+        """Noise (local DP) and record this round's release durably before the machine sees it; None
+        when the release would exceed the budget (the node then stops sharing)."""
+        assert self.ledger is not None
+        base = self._step_bases.pop(rnd, None)
+        rel = self._release_for(rnd)
+        budget = self.config.dp_epsilon
+        if budget is not None and self.ledger.would_exceed(budget, rel):
+            self._exhaust(rnd, rel)
+            return None
+        if self.config.dp == "local" and base is not None:
+            delta = {k: model[k].astype(np.float64) - base[k].astype(np.float64) for k in model}
+            noised, _norm = privatize_update(delta, clip=self.config.dp_clip,
+                                             noise_multiplier=float(self.config.dp_noise_multiplier),
+                                             rng=self._dp_rng)
+            model = {k: (base[k].astype(np.float64) + noised[k]).astype(model[k].dtype) for k in model}
+        self.ledger.append(rel)  # fsynced: from here on the release may leave
+        return model
+
+    def _exhaust(self, rnd: int, rel: Release) -> None:
+        assert self.ledger is not None
+        self.budget_exhausted = True
+        log.warning("privacy budget: releasing round %d would take epsilon from %.4f to %.4f > %.4f (delta %g); "
+                    "this node stops sharing anything derived from its data", rnd, self.ledger.epsilon(),
+                    self.ledger.epsilon(rel), self.config.dp_epsilon, self.config.dp_delta)
+        self._publish_status()
+        time.sleep(0.3)  # let the last status go out
+        if self.transport is not None:
+            self.transport.close()  # leave the federation: peers see us gone and stop waiting for us
+        if self.config.rounds is not None:  # stay up about as long as the federation's remaining rounds
+            done = [r.timings.get("total", 0.0) for r in self.history if r.timings]
+            per_round = (sum(done) / len(done)) if done else self.config.t_hello + self.config.t_agg
+            self._exhausted_until = time.time() + min(600.0, per_round * max(0, self.config.rounds - rnd))
 
     def _wait_for_peers(self) -> None:
         """Bootstrap quorum: a fresh node gives its peers a moment to come up before round 0."""
@@ -189,6 +256,12 @@ class NodeRuntime:
                 return
             kind, payload = item
             now = time.time()
+            if self.budget_exhausted:  # nothing derived from our data leaves any more: drop the network
+                if kind == "eval":
+                    self._on_eval(*payload)
+                if self._exhausted_until is not None and now >= self._exhausted_until:
+                    return
+                continue
             if kind == "msg":
                 event = MessageReceived(payload, now)
             elif kind == "joined":
@@ -197,6 +270,10 @@ class NodeRuntime:
                 event = PeerLeft(payload, now)
             elif kind == "step":
                 rnd, model = payload
+                if self.ledger is not None and not self.budget_exhausted:
+                    model = self._privatize(rnd, model)
+                if self.budget_exhausted or model is None:
+                    continue
                 event = LocalStepDone(rnd, model, now)
             elif kind == "eval":
                 self._on_eval(*payload)
@@ -248,6 +325,8 @@ class NodeRuntime:
             elif isinstance(action, SetTimer):
                 self._deadline = action.deadline
             elif isinstance(action, StartLocalStep):
+                if self.ledger is not None:
+                    self._step_bases = {action.round: action.model}
                 self._jobs.put(("step", action.round, action.model))
             elif isinstance(action, (Commit, Abort)):
                 self._on_round_end(action)
@@ -335,12 +414,20 @@ class NodeRuntime:
                          "aggregate": last.aggregate_s, "commit": last.commit_s} if last else {}),
             "cumulative": {k: round(v, 4) for k, v in self.timing.items()},
             "restarts": self.restarts, "task": self.config.task, "secure_aggregation": self.config.secure_aggregation,
-            "epsilon": None, "time": time.time(),
+            "epsilon": self.ledger.epsilon() if self.ledger is not None else None,
+            "dp": self.config.dp, "dp_delta": self.config.dp_delta if self.ledger is not None else None,
+            "dp_budget": self.config.dp_epsilon, "releases": len(self.ledger.releases) if self.ledger else 0,
+            "time": time.time(),
         }
+        if self.budget_exhausted:
+            fields["state"] = "budget_exhausted"
         return fields
 
     def _publish_status(self) -> None:
         fields = self.status_fields()
+        if self.transport is None or getattr(self.transport, "closed", False):
+            self._write_status_file(fields)
+            return
         try:
             data = seal_status(self.identity, self.config.federation, self.machine.round, fields)
             self.transport.publish_status(data)

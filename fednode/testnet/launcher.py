@@ -65,6 +65,11 @@ class TestnetOptions:
     t_agg: float = 5.0
     t_commit: float = 2.0
     secure_aggregation: str = "off"
+    dp: str = "off"
+    dp_noise_multiplier: float | None = None
+    dp_clip: float = 1.0
+    dp_epsilon: float | None = None
+    dp_delta: float = 1e-5
 
 
 @dataclass
@@ -144,7 +149,9 @@ class Testnet:
                              local_epochs=self.opts.local_epochs, t_hello=self.opts.t_hello,
                              t_agg=self.opts.t_agg, t_commit=self.opts.t_commit,
                              min_peers=self.opts.nodes - 1, lease_ms=2000,
-                             secure_aggregation=self.opts.secure_aggregation).validate()
+                             secure_aggregation=self.opts.secure_aggregation, dp=self.opts.dp,
+                             dp_noise_multiplier=self.opts.dp_noise_multiplier, dp_clip=self.opts.dp_clip,
+                             dp_epsilon=self.opts.dp_epsilon, dp_delta=self.opts.dp_delta).validate()
             cfg_path = d / "config.toml"
             cfg_path.write_text(cfg.to_toml())
             self.nodes.append(_Node(i, d, cfg_path, d / "node.log", ident.peer_id))
@@ -329,6 +336,7 @@ class Testnet:
                 "resumes": node.resumes, "rounds_averaged": st.get("rounds_averaged"),
                 "aborts": st.get("aborts"), "rejects": st.get("rejects"), "timings": st.get("timings"),
                 "cumulative_timings": st.get("cumulative"),
+                "epsilon": st.get("epsilon"), "privacy_releases": st.get("releases"), "state": st.get("state"),
             })
         disagreement = rel = None
         avg_acc = None
@@ -342,7 +350,8 @@ class Testnet:
         return {
             "federation": self.federation, "ok": ok, "wall_time_s": round(wall, 3), "rounds": self.opts.rounds,
             "task": self.opts.task, "split": self.opts.split, "alpha": self.opts.alpha, "seed": self.opts.seed,
-            "secure_aggregation": self.opts.secure_aggregation,
+            "secure_aggregation": self.opts.secure_aggregation, "dp": self.opts.dp, "dp_delta": self.opts.dp_delta,
+            "dp_epsilon_budget": self.opts.dp_epsilon,
             "consensus_disagreement": disagreement, "consensus_disagreement_relative": rel,
             "averaged_model_accuracy": avg_acc,
             "round_length_bound_s": self.opts.t_hello + 3 * self.opts.t_agg + self.opts.t_commit,
@@ -371,7 +380,8 @@ class Testnet:
         for n in report["nodes"]:
             acc = n["test_accuracy"]
             print(f"  node{n['index']} {n['peer_id'][:12]} rounds {n['rounds_completed']:>4} "
-                  f"acc {acc if acc is None else f'{acc:.4f}'} restarts {n['restarts']}", file=sys.stderr)
+                  f"acc {acc if acc is None else f'{acc:.4f}'} restarts {n['restarts']}"
+                  + (f" epsilon {n['epsilon']:.3f}" if n.get("epsilon") is not None else ""), file=sys.stderr)
         if report["averaged_model_accuracy"] is not None:
             print(f"  averaged model accuracy {report['averaged_model_accuracy']:.4f}, consensus disagreement "
                   f"{report['consensus_disagreement']:.3g} (relative {report['consensus_disagreement_relative']:.3g})",
