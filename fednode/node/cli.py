@@ -110,6 +110,8 @@ def _add_start_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-multicast", dest="multicast", action="store_const", const=False, default=None,
                    help="disable multicast scouting (use --connect)")
     p.add_argument("--forever", action="store_true", help="run until stopped (overrides rounds in the config)")
+    p.add_argument("--tui", action="store_true", help="show the dashboard, focused on this node (logs go to "
+                   "<state-dir>/node.log)")
 
 
 def _start_config(args: argparse.Namespace) -> NodeConfig:
@@ -192,11 +194,55 @@ def cmd_start(args: argparse.Namespace) -> int:
         runtime.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
+    if getattr(args, "tui", False):
+        return _run_with_dashboard(runtime, cfg, settings, allow_list, identity)
     signal.signal(signal.SIGINT, on_signal)
     return runtime.run()
 
 
+def _run_with_dashboard(runtime, cfg: NodeConfig, settings, allow_list, identity) -> int:
+    """The node in a background thread, the dashboard (focused on it) in the foreground."""
+    import dataclasses
+    import secrets as _secrets
+    import threading
+
+    from fednode.tui.app import run_dashboard
+    root = logging.getLogger()
+    for handler in list(root.handlers):  # the terminal belongs to the dashboard: log to a file
+        root.removeHandler(handler)
+    file_handler = logging.FileHandler(Path(cfg.state_dir) / "node.log")
+    file_handler.setFormatter(logging.Formatter(f"%(asctime)s {identity.short_id} %(levelname)s %(message)s"))
+    root.addHandler(file_handler)
+    outcome: dict[str, int] = {}
+    node = threading.Thread(target=lambda: outcome.setdefault("rc", runtime.run()), name="node", daemon=True)
+    node.start()
+    observer = dataclasses.replace(settings, peer_id=_secrets.token_bytes(32))
+    try:
+        run_dashboard(observer, allow_list, focus=identity.peer_id, subtitle=f"node {identity.short_id}")
+    finally:
+        runtime.stop()
+        node.join(timeout=60)
+    return outcome.get("rc", 0)
+
+
 # ---------------------------------------------------------------------------- status
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    import secrets as _secrets
+
+    from fednode.gossip.transports.zenoh_transport import ZenohSettings
+    from fednode.security.identity import AllowList
+    from fednode.tui.app import run_dashboard
+    allow_path = Path(args.allow_list)
+    if not allow_path.exists():
+        raise UserError(f"no allow-list at {allow_path}")
+    settings = ZenohSettings(federation=args.federation, peer_id=_secrets.token_bytes(32), mode=args.mode,
+                             listen=["tcp/127.0.0.1:0"] if args.interface == "lo" else ["tcp/0.0.0.0:0"],
+                             connect=args.connect or [], multicast_scouting=not args.no_multicast,
+                             multicast_interface=args.interface, multicast_address=args.multicast_address)
+    run_dashboard(settings, AllowList.from_file(allow_path), screenshot_dir=args.screenshot_dir)
+    return 0
+
 
 def cmd_status(args: argparse.Namespace) -> int:
     from fednode.gossip.transports.zenoh_transport import ZenohSettings, list_status
@@ -249,7 +295,11 @@ def cmd_testnet(args: argparse.Namespace) -> int:
                           secure_aggregation=args.secure_aggregation, dp=args.dp,
                           dp_noise_multiplier=args.dp_noise_multiplier, dp_clip=args.dp_clip,
                           dp_epsilon=args.dp_epsilon, dp_delta=args.dp_delta)
-    report = run_testnet(opts)
+    if args.tui:
+        from fednode.testnet.launcher import run_testnet_with_dashboard
+        report = run_testnet_with_dashboard(opts)
+    else:
+        report = run_testnet(opts)
     return 0 if report.get("ok") else 1
 
 
@@ -291,6 +341,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_start_flags(p)
     p.set_defaults(func=cmd_start)
 
+    p = sub.add_parser("dashboard", help="live terminal dashboard of a federation (read-only observer)")
+    p.add_argument("--federation", default="default")
+    p.add_argument("--allow-list", required=True, help="admitted public keys: statuses by others are rejected")
+    p.add_argument("--interface", default="auto", help="multicast scouting interface (lo keeps it local)")
+    p.add_argument("--multicast-address", default="224.0.0.224:7446")
+    p.add_argument("--connect", action="append", help="endpoint of a router or peer")
+    p.add_argument("--mode", default="peer", choices=["peer", "client"])
+    p.add_argument("--no-multicast", action="store_true")
+    p.add_argument("--screenshot-dir", default=".", help="where the s key saves SVG screenshots")
+    p.set_defaults(func=cmd_dashboard)
+
     p = sub.add_parser("status", help="list the federation's live peers and their last status")
     p.add_argument("--federation", default="default")
     p.add_argument("--allow-list", required=True)
@@ -329,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dp-epsilon", type=float, default=None,
                    help="budget per node at --dp-delta (calibrates the noise when no multiplier is given)")
     p.add_argument("--dp-delta", type=float, default=1e-5)
+    p.add_argument("--tui", action="store_true", help="open the dashboard over the testnet (docs/dashboard.md)")
     p.set_defaults(func=cmd_testnet)
 
     p = sub.add_parser("privacy", help="epsilon of a (Poisson-subsampled) Gaussian mechanism, as JSON")

@@ -136,7 +136,7 @@ class Testnet:
             idents.append(ident)
         allow_path = self.workdir / "allow_list.txt"
         # a scouting port of its own: concurrent testnets on this machine never even connect to each other
-        scout = f"224.0.0.224:{20000 + secrets.randbelow(40000)}"
+        scout = self.scout = f"224.0.0.224:{20000 + secrets.randbelow(40000)}"
         allow.to_file(allow_path)
         for i, ident in enumerate(idents):
             d = self.workdir / f"node{i}"
@@ -200,6 +200,10 @@ class Testnet:
         if not self.opts.quiet:
             print(text, file=sys.stderr, flush=True)
 
+    def request_stop(self) -> None:
+        """Stop every node and end :meth:`run` (from another thread, e.g. the dashboard quitting)."""
+        self._stop_requested = True
+
     def _monitor(self) -> None:
         deadline = self.started_at + self.opts.timeout
         next_kill = self.started_at + self.opts.kill_every if self.opts.kill_every else None
@@ -226,6 +230,9 @@ class Testnet:
                     raise _Abort()
             if all(n.exit_code is not None and not n.killed for n in self.nodes):
                 return
+            if getattr(self, "_stop_requested", False):
+                self.errors.append("stopped from the dashboard")
+                raise _Abort()
             if now >= deadline:
                 self.errors.append(f"timeout after {self.opts.timeout:.0f} s")
                 return
@@ -407,3 +414,41 @@ def run_testnet(opts: TestnetOptions) -> dict[str, Any]:
     net = Testnet(opts)
     net.prepare()
     return net.run()
+
+
+def run_testnet_with_dashboard(opts: TestnetOptions) -> dict[str, Any]:
+    """The testnet in a background thread, the dashboard over it in the foreground.
+
+    The dashboard joins the testnet's federation through the same loopback scouting group the
+    nodes use; quitting it stops the testnet, and the testnet's end is shown in its event log.
+    """
+    import threading
+
+    from fednode.gossip.transports.zenoh_transport import ZenohSettings
+    from fednode.tui.app import DashboardApp, StatusFeed
+    opts.quiet = True
+    net = Testnet(opts)
+    net.prepare()
+    allow = AllowList.from_file(net.workdir / "allow_list.txt")
+    settings = ZenohSettings.loopback(net.federation, secrets.token_bytes(32), multicast_address=net.scout)
+    result: dict[str, Any] = {}
+    app = DashboardApp(net.federation, feed_factory=lambda q: StatusFeed(settings, allow, q),
+                       subtitle=f"testnet {net.federation}")
+
+    def background() -> None:
+        report = net.run()
+        result.update(report)
+        app.inbox.put(("note", f"testnet finished: {'OK' if report.get('ok') else 'FAILED'} in "
+                               f"{report.get('wall_time_s', 0):.1f} s; press q to quit", time.time()))
+
+    thread = threading.Thread(target=background, name="testnet", daemon=True)
+    thread.start()
+    try:
+        app.run()
+    finally:
+        net.request_stop()
+        thread.join(timeout=60)
+    if result:
+        net.opts.quiet = False
+        net._print_summary(result)
+    return result
