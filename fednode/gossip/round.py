@@ -461,7 +461,11 @@ class GossipNode:
                     self._reject(out, Reject("distance", sender=peer))
         if len(used) < self.config.min_contributors:
             used = set()
-        rnd.used = frozenset(used)
+        self._enter_commit(rnd, frozenset(used), now, out)
+
+    def _enter_commit(self, rnd: _Round, used: frozenset[bytes], now: float, out: list[Action]) -> None:
+        """Fix U_i and tell every edge whom we used (COMMIT); then wait for theirs."""
+        rnd.used = used
         rnd.aggregated_at = now
         rnd.commit_deadline = now + self.config.t_commit
         rnd.commit_nudge_at = now + self.config.t_commit / 3
@@ -709,15 +713,8 @@ class GossipNode:
 
     def _secure_conclude(self, rnd: _Round, now: float, out: list[Action], *, abort: str | None) -> None:
         """Fix U_i (empty on abort) and enter the COMMIT exchange, as in plaintext mode."""
-        rnd.used = frozenset() if abort is not None else frozenset(rnd.sa_set)
         rnd.sa_abort = abort
-        rnd.aggregated_at = now
-        rnd.commit_deadline = now + self.config.t_commit
-        rnd.commit_nudge_at = now + self.config.t_commit / 3
-        for peer in sorted(rnd.edges):
-            if peer not in rnd.gone:
-                self._send_commit(rnd, peer, now, out)
-        self.phase = COMMITTING
+        self._enter_commit(rnd, frozenset() if abort is not None else frozenset(rnd.sa_set), now, out)
 
     def _secure_finish(self, rnd: _Round, now: float, out: list[Action]) -> None:
         """x^{r+1} = (1 - sum W) x^{r+1/2} + S_i. A masked sum cannot drop one contributor (that would

@@ -493,42 +493,26 @@ class ZenohTransport:
 # ---------------------------------------------------------------------------- observers
 
 
-class ZenohObserver:
-    """Read-only view of a federation (dashboards, ``fednode status``).
+class _PassiveSession:
+    """Lifecycle shared by the read-only clients: open one session, declare, close everything once."""
 
-    Subscribes to status and liveliness and can query every live peer's last status; declares no
-    liveliness token, so nodes never count it as a peer. ``settings.peer_id`` is not used on the
-    wire (any 32 bytes do).
-    """
-
-    def __init__(self, settings: ZenohSettings, *, on_status: Callable[[bytes, bytes], None] | None = None,
-                 on_peer_joined: Callable[[bytes], None] | None = None,
-                 on_peer_left: Callable[[bytes], None] | None = None) -> None:
+    def __init__(self, settings: ZenohSettings) -> None:
         settings.check()
         self.settings = settings
-        self._fed = settings.federation
-        self._on_status, self._on_joined, self._on_left = on_status, on_peer_joined, on_peer_left
         self._lock = threading.Lock()
-        self._live: set[bytes] = set()
-        self._statuses: dict[bytes, bytes] = {}
         self._session = None
         self._declared: list = []
         self._closed = False
 
-    def start(self) -> None:
+    def _open(self, declare: Callable[[object], list]) -> None:
+        """Open the session and declare what ``declare(session)`` returns; on any failure close all."""
         if self._closed:
-            raise TransportError("this observer was closed; create a new one")
+            raise TransportError(f"this {type(self).__name__} was closed; create a new one")
         if self._session is not None:
             return
         try:
             session = self._session = open_session(self.settings)
-        except BaseException:
-            self.close()
-            raise
-        try:
-            self._declared.append(session.declare_subscriber(keyexpr.status(self._fed), self._status_cb))
-            self._declared.append(session.liveliness().declare_subscriber(keyexpr.alive(self._fed),
-                                                                          self._alive_cb, history=True))
+            self._declared.extend(declare(session))
         except BaseException:
             self.close()
             raise
@@ -542,12 +526,38 @@ class ZenohObserver:
             session, self._session = self._session, None
         _close_all(declared, session)
 
-    def __enter__(self) -> "ZenohObserver":
+    def __enter__(self):
         self.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def start(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class ZenohObserver(_PassiveSession):
+    """Read-only view of a federation (dashboards, ``fednode status``).
+
+    Subscribes to status and liveliness and can query every live peer's last status; declares no
+    liveliness token, so nodes never count it as a peer. ``settings.peer_id`` is not used on the
+    wire (any 32 bytes do).
+    """
+
+    def __init__(self, settings: ZenohSettings, *, on_status: Callable[[bytes, bytes], None] | None = None,
+                 on_peer_joined: Callable[[bytes], None] | None = None,
+                 on_peer_left: Callable[[bytes], None] | None = None) -> None:
+        super().__init__(settings)
+        self._fed = settings.federation
+        self._on_status, self._on_joined, self._on_left = on_status, on_peer_joined, on_peer_left
+        self._live: set[bytes] = set()
+        self._statuses: dict[bytes, bytes] = {}
+
+    def start(self) -> None:
+        self._open(lambda session: [
+            session.declare_subscriber(keyexpr.status(self._fed), self._status_cb),
+            session.liveliness().declare_subscriber(keyexpr.alive(self._fed), self._alive_cb, history=True)])
 
     def live_peers(self) -> set[bytes]:
         with self._lock:
@@ -609,7 +619,7 @@ class ZenohObserver:
             log.exception("liveliness callback failed")
 
 
-class ZenohTap:
+class ZenohTap(_PassiveSession):
     """A passive listener on everything under ``fednode/<federation>/**`` (tests, audits).
 
     This is what an eavesdropper on the federation's Zenoh traffic sees: it hands each sample's key
@@ -619,43 +629,13 @@ class ZenohTap:
     """
 
     def __init__(self, settings: ZenohSettings, on_sample: Callable[[str, bytes], None]) -> None:
-        settings.check()
-        self.settings = settings
+        super().__init__(settings)
         self._on_sample = on_sample
-        self._lock = threading.Lock()
-        self._session = None
-        self._declared: list = []
-        self._closed = False
         self.samples = 0
 
     def start(self) -> None:
-        if self._closed:
-            raise TransportError("this tap was closed; create a new one")
-        if self._session is not None:
-            return
-        try:
-            session = self._session = open_session(self.settings)
-            self._declared.append(session.declare_subscriber(f"{keyexpr.root(self.settings.federation)}/**",
-                                                             self._cb))
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            declared, self._declared = self._declared, []
-            session, self._session = self._session, None
-        _close_all(declared, session)
-
-    def __enter__(self) -> "ZenohTap":
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        self._open(lambda session: [
+            session.declare_subscriber(f"{keyexpr.root(self.settings.federation)}/**", self._cb)])
 
     def _cb(self, sample) -> None:
         if self._closed:
