@@ -190,3 +190,16 @@ def test_pilot_over_a_real_three_node_federation(tmp_path):
         if forger is not None:
             forger.close()
         fed.stop_all()
+
+
+@pytest.mark.slow
+@pytest.mark.zenoh
+def test_testnet_with_dashboard_runs_to_the_end(tmp_path):
+    """`fednode testnet --tui`: the dashboard (headless here) sees every node of the testnet it runs."""
+    from fednode.testnet.launcher import TestnetOptions, run_testnet_with_dashboard
+    report = run_testnet_with_dashboard(TestnetOptions(nodes=3, rounds=4, workdir=tmp_path / "tn", t_hello=2.0,
+                                                       t_agg=2.0, t_commit=1.0), headless=True,
+                                        quit_when_done=True)
+    assert report["ok"], report.get("errors")
+    assert report["dashboard"]["peers"] == 3 and report["dashboard"]["statuses_seen"] >= 3
+    assert report["dashboard"]["rejected_statuses"] == 0

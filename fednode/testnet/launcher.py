@@ -416,7 +416,8 @@ def run_testnet(opts: TestnetOptions) -> dict[str, Any]:
     return net.run()
 
 
-def run_testnet_with_dashboard(opts: TestnetOptions) -> dict[str, Any]:
+def run_testnet_with_dashboard(opts: TestnetOptions, *, headless: bool = False,
+                               quit_when_done: bool = False) -> dict[str, Any]:
     """The testnet in a background thread, the dashboard over it in the foreground.
 
     The dashboard joins the testnet's federation through the same loopback scouting group the
@@ -440,15 +441,19 @@ def run_testnet_with_dashboard(opts: TestnetOptions) -> dict[str, Any]:
         result.update(report)
         app.inbox.put(("note", f"testnet finished: {'OK' if report.get('ok') else 'FAILED'} in "
                                f"{report.get('wall_time_s', 0):.1f} s; press q to quit", time.time()))
+        if quit_when_done:
+            app.call_from_thread(app.exit)
 
     thread = threading.Thread(target=background, name="testnet", daemon=True)
     thread.start()
     try:
-        app.run()
+        app.run(headless=headless)
     finally:
         net.request_stop()
         thread.join(timeout=60)
     if result:
         net.opts.quiet = False
         net._print_summary(result)
+    result["dashboard"] = {"statuses_seen": app.view.statuses_seen, "peers": len(app.view.peers),
+                           "rejected_statuses": app.view.rejected_statuses}
     return result
