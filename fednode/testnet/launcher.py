@@ -70,6 +70,9 @@ class TestnetOptions:
     dp_clip: float = 1.0
     dp_epsilon: float | None = None
     dp_delta: float = 1e-5
+    node_nice: int = 0
+    """Run the node processes at this niceness (the dashboard's --tui mode uses 5 so that, on a small
+    machine shared with N training processes, the terminal UI still gets the CPU when a key is pressed)."""
 
 
 @dataclass
@@ -163,7 +166,8 @@ class Testnet:
                 [sys.executable, "-m", "fednode", "start", "--config", str(node.config_path),
                  *self.opts.extra_args],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self._env,
-                start_new_session=True)
+                start_new_session=True, preexec_fn=(lambda n=self.opts.node_nice: os.nice(n))
+                if self.opts.node_nice else None)
         finally:
             log.close()
         node.killed = False
@@ -428,6 +432,8 @@ def run_testnet_with_dashboard(opts: TestnetOptions, *, headless: bool = False,
     from fednode.gossip.transports.zenoh_transport import ZenohSettings
     from fednode.tui.app import DashboardApp, StatusFeed
     opts.quiet = True
+    if not opts.node_nice:
+        opts.node_nice = 5
     net = Testnet(opts)
     net.prepare()
     allow = AllowList.from_file(net.workdir / "allow_list.txt")

@@ -187,12 +187,16 @@ class FederationView:
         return sum(1 for v in self.peers.values() if v.live)
 
     def current_round(self) -> int:
+        """The highest round among live peers (among all known peers once none is live)."""
         live = [v.round for v in self.peers.values() if v.live]
-        return max(live) if live else 0
+        known = live or [v.round for v in self.peers.values()]
+        return max(known) if known else 0
 
     def neighbourhoods(self) -> list[tuple[str, list[str]]]:
-        """Who averaged with whom in each live peer's last round (short ids)."""
-        return [(v.short, sorted(v.neighbours)) for v in self.rows("peer") if v.live]
+        """Who averaged with whom in each peer's last completed round (short ids; gone peers last)."""
+        rows = self.rows("peer")
+        return [(v.short if v.live else f"{v.short} (gone)", sorted(v.neighbours))
+                for v in [r for r in rows if r.live] + [r for r in rows if not r.live]]
 
     def series(self, metric: str) -> dict[str, list[float]]:
         """Per peer, the metric by round (accuracy, loss, duration), in round order."""
