@@ -2,6 +2,6 @@
 
 import sys
 
-from fednode.node.cli import main
+from fednode.cli import main
 
 sys.exit(main())

@@ -35,44 +35,14 @@ from typing import Any
 
 import numpy as np
 
-from fednode.node.checkpoint import CheckpointError, load_checkpoint, peek_round
+from fednode.node.checkpoint import CheckpointError, peek_round
 from fednode.node.config import NodeConfig
 from fednode.security.identity import AllowList, Identity
+from fednode.testnet.options import TestnetOptions
+from fednode.testnet.report import build_report, print_summary
+from fednode.testnet.status_files import read_status
 
-
-@dataclass
-class TestnetOptions:
-    __test__ = False  # not a pytest class
-
-    nodes: int = 4
-    rounds: int = 10
-    seed: int = 0
-    task: str = "digits"
-    split: str = "iid"
-    alpha: float = 0.5
-    federation: str | None = None
-    kill_every: float | None = None
-    restart_delay: float = 5.0
-    report: Path | None = None
-    workdir: Path | None = None
-    data_dir: str | None = None
-    local_epochs: float = 1.0
-    timeout: float = 1800.0
-    quiet: bool = False
-    keep: bool = False
-    extra_args: list[str] = field(default_factory=list)
-    t_hello: float = 5.0
-    t_agg: float = 5.0
-    t_commit: float = 2.0
-    secure_aggregation: str = "off"
-    dp: str = "off"
-    dp_noise_multiplier: float | None = None
-    dp_clip: float = 1.0
-    dp_epsilon: float | None = None
-    dp_delta: float = 1e-5
-    node_nice: int = 0
-    """Run the node processes at this niceness (the dashboard's --tui mode uses 5 so that, on a small
-    machine shared with N training processes, the terminal UI still gets the CPU when a key is pressed)."""
+__all__ = ["Testnet", "TestnetOptions", "run_testnet", "run_testnet_with_dashboard"]
 
 
 @dataclass
@@ -94,13 +64,6 @@ class _Node:
     last_progress_t: float | None = None
     last_round_done: int = -1
     max_gap: float = 0.0
-
-
-def _read_status(node: _Node) -> dict | None:
-    try:
-        return json.loads((node.state_dir / "status.json").read_text())
-    except (OSError, ValueError):
-        return None
 
 
 class Testnet:
@@ -189,11 +152,11 @@ class Testnet:
         finally:
             self._stop_all()
         wall = time.time() - self.started_at
-        report = self._report(wall)
+        report = build_report(self, wall)
         if self.opts.report is not None:
             Path(self.opts.report).write_text(json.dumps(report, indent=2))
         if not self.opts.quiet:
-            self._print_summary(report)
+            print_summary(report)
         if self._own_workdir and not self.opts.keep and report.get("ok"):
             shutil.rmtree(self.workdir, ignore_errors=True)
         elif not self.opts.quiet:
@@ -269,7 +232,7 @@ class Testnet:
 
     def _poll_status(self, now: float) -> None:
         for node in self.nodes:
-            st = _read_status(node)
+            st = read_status(node)
             if st is None:
                 continue
             rnd = int(st.get("round", 0))
@@ -290,7 +253,7 @@ class Testnet:
                 node.last_round_done = done
 
     def _progress(self, now: float) -> None:
-        statuses = [_read_status(n) or {} for n in self.nodes]
+        statuses = [read_status(n) or {} for n in self.nodes]
         rounds = [int(s.get("round", 0)) for s in statuses]
         accs = [s.get("accuracy") for s in statuses if isinstance(s.get("accuracy"), float)]
         alive = sum(1 for n in self.nodes if n.exit_code is None and not n.killed)
@@ -319,86 +282,6 @@ class Testnet:
         for n in self.nodes:
             if n.proc is not None and n.exit_code is None:
                 n.exit_code = n.proc.returncode
-
-    # ------------------------------------------------------------------ report
-
-    def _report(self, wall: float) -> dict[str, Any]:
-        nodes_out = []
-        vectors = []
-        models = []
-        for node in self.nodes:
-            st = _read_status(node) or {}
-            try:
-                ckpt = load_checkpoint(node.state_dir / "checkpoint.fnck")
-            except CheckpointError as exc:
-                self.errors.append(str(exc))
-                ckpt = None
-            if ckpt is not None:
-                names = sorted(ckpt.model)
-                vectors.append(np.concatenate([ckpt.model[k].astype(np.float64).ravel() for k in names]))
-                models.append(ckpt.model)
-            nodes_out.append({
-                "index": node.index, "peer_id": node.peer_id.hex(),
-                "rounds_completed": int(ckpt.round if ckpt else 0),
-                "test_accuracy": st.get("accuracy"), "test_loss": st.get("loss"),
-                "bytes_sent": int(st.get("bytes_out", 0)), "bytes_received": int(st.get("bytes_in", 0)),
-                "restarts": node.restarts, "exit_code": node.exit_code,
-                "max_round_gap_s": round(node.max_gap, 3), "rounds_went_backwards": node.went_backwards,
-                "resumes": node.resumes, "rounds_averaged": st.get("rounds_averaged"),
-                "aborts": st.get("aborts"), "rejects": st.get("rejects"), "timings": st.get("timings"),
-                "cumulative_timings": st.get("cumulative"),
-                "epsilon": st.get("epsilon"), "privacy_releases": st.get("releases"), "state": st.get("state"),
-            })
-        disagreement = rel = None
-        avg_acc = None
-        if vectors and all(v.shape == vectors[0].shape for v in vectors):
-            X = np.stack(vectors)
-            mean = X.mean(axis=0)
-            disagreement = float(np.linalg.norm(X - mean))
-            rel = disagreement / max(1e-300, float(np.linalg.norm(np.tile(mean, (len(vectors), 1)))))
-            avg_acc = self._averaged_accuracy(models)
-        ok = (not self.errors and all(n["rounds_completed"] >= self.opts.rounds for n in nodes_out))
-        return {
-            "federation": self.federation, "ok": ok, "wall_time_s": round(wall, 3), "rounds": self.opts.rounds,
-            "task": self.opts.task, "split": self.opts.split, "alpha": self.opts.alpha, "seed": self.opts.seed,
-            "secure_aggregation": self.opts.secure_aggregation, "dp": self.opts.dp, "dp_delta": self.opts.dp_delta,
-            "dp_epsilon_budget": self.opts.dp_epsilon,
-            "consensus_disagreement": disagreement, "consensus_disagreement_relative": rel,
-            "averaged_model_accuracy": avg_acc,
-            "round_length_bound_s": self.opts.t_hello + 3 * self.opts.t_agg + self.opts.t_commit,
-            "errors": self.errors, "nodes": nodes_out,
-        }
-
-    def _averaged_accuracy(self, models: list[dict]) -> float | None:
-        try:
-            from fednode.node.trainer import Trainer, resolve_task
-            trainer = Trainer(resolve_task(self.opts.task), seed=self.opts.seed, node_index=0,
-                              node_count=self.opts.nodes, split=self.opts.split, alpha=self.opts.alpha,
-                              data_dir=self.opts.data_dir)
-            avg = {k: np.mean([m[k].astype(np.float64) for m in models], axis=0).astype(models[0][k].dtype)
-                   for k in models[0]}
-            acc, _ = trainer.evaluate(avg)
-            return float(acc)
-        except Exception as exc:  # the report must still be written
-            self.errors.append(f"averaged-model evaluation failed: {exc}")
-            return None
-
-    def _print_summary(self, report: dict[str, Any]) -> None:
-        if sys.stderr.isatty():
-            print(file=sys.stderr)
-        print(f"testnet {report['federation']}: {'OK' if report['ok'] else 'FAILED'} in "
-              f"{report['wall_time_s']:.1f} s", file=sys.stderr)
-        for n in report["nodes"]:
-            acc = n["test_accuracy"]
-            print(f"  node{n['index']} {n['peer_id'][:12]} rounds {n['rounds_completed']:>4} "
-                  f"acc {acc if acc is None else f'{acc:.4f}'} restarts {n['restarts']}"
-                  + (f" epsilon {n['epsilon']:.3f}" if n.get("epsilon") is not None else ""), file=sys.stderr)
-        if report["averaged_model_accuracy"] is not None:
-            print(f"  averaged model accuracy {report['averaged_model_accuracy']:.4f}, consensus disagreement "
-                  f"{report['consensus_disagreement']:.3g} (relative {report['consensus_disagreement_relative']:.3g})",
-                  file=sys.stderr)
-        for err in report["errors"]:
-            print(f"  error: {err}", file=sys.stderr)
 
 
 class _Abort(Exception):
@@ -459,7 +342,7 @@ def run_testnet_with_dashboard(opts: TestnetOptions, *, headless: bool = False,
         thread.join(timeout=60)
     if result:
         net.opts.quiet = False
-        net._print_summary(result)
+        print_summary(result)
     result["dashboard"] = {"statuses_seen": app.view.statuses_seen, "peers": len(app.view.peers),
                            "rejected_statuses": app.view.rejected_statuses}
     return result
