@@ -17,6 +17,8 @@ def cmd_testnet(args: argparse.Namespace) -> int:
                           secure_aggregation=args.secure_aggregation, dp=args.dp,
                           dp_noise_multiplier=args.dp_noise_multiplier, dp_clip=args.dp_clip,
                           dp_epsilon=args.dp_epsilon, dp_delta=args.dp_delta)
+    from fednode.testnet.adversary import apply_cli
+    apply_cli(opts, args)
     if args.tui:
         from fednode.testnet.launcher import run_testnet_with_dashboard
         report = run_testnet_with_dashboard(opts)
@@ -55,4 +57,6 @@ def register(sub) -> None:
                    help="budget per node at --dp-delta (calibrates the noise when no multiplier is given)")
     p.add_argument("--dp-delta", type=float, default=1e-5)
     p.add_argument("--tui", action="store_true", help="open the dashboard over the testnet (docs/dashboard.md)")
+    from fednode.testnet.adversary import register_flags
+    register_flags(p)
     p.set_defaults(func=cmd_testnet)

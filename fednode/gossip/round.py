@@ -180,6 +180,9 @@ class GossipNode:
         self._relayed_ok: dict[bytes, secagg.RelayedKey] = {}   # sha256(raw) -> verified key (cache)
         self._started = False
         self._now = float("-inf")
+        self.contribution_filter: Callable[[Model, dict[bytes, Model], dict[bytes, float]], dict[bytes, float]] | None = None
+        """Validation-score filter, injected by the runtime when ``config.validation_filter`` (plaintext only):
+        (own x^{r+1/2}, neighbours' models, W_ij) -> the weights to mix with (dropped peers absent)."""
 
     # ------------------------------------------------------------------ public API
 
@@ -505,6 +508,9 @@ class GossipNode:
 
     def _aggregate(self, own: Model, neighbours: dict[bytes, Model], weights: dict[bytes, float]) -> Model:
         cfg = self.config
+        if self.contribution_filter is not None and not self._secure:
+            weights = self.contribution_filter(own, neighbours, weights)
+            neighbours = {p: neighbours[p] for p in weights}
         if cfg.aggregator == "gossip":
             return mix(own, neighbours, weights)
         if cfg.aggregator == "clipped":

@@ -96,6 +96,13 @@ class NodeRuntime:
         self._exhausted_until: float | None = None
         self._step_bases: dict[int, Model] = {}
         self._dp_rng = make_rng() if config.dp != "off" else None
+        self.validation = None
+        self.attacker = None  # fault injection (fednode/node/byzantine.py): set only by the testnet
+        if config.attack != "off":
+            from fednode.node.byzantine import ByzantineInterceptor
+            self.attacker = ByzantineInterceptor(config.attack, identity, allow_list, trainer.model_spec,
+                                                 seed=config.seed)
+            log.warning("BYZANTINE node: fault injection %r poisons every contribution of this node", config.attack)
         if config.dp != "off":
             self.ledger = PrivacyLedger(config.ledger_path, config.dp_delta, fallback=self._release_for(0))
             if self.ledger.recovered_torn_record:
@@ -136,6 +143,12 @@ class NodeRuntime:
         start_round, model, resumed = self._load_state()
         self.machine = GossipNode(self.identity, self.allow_list, self.trainer.model_spec, model,
                                   self.config.round_config(), start_round=start_round, joining=True)
+        self.validation = None
+        if self.config.validation_filter:  # the trainer evaluates; the round machine only gets a callable
+            from fednode.node.trainer.validation import ValidationFilter
+            self.validation = ValidationFilter(self.trainer)
+            self.validation.warmup(model)
+            self.machine.contribution_filter = self.validation
         # persist the restart count at once, so a crash loop is visible in the report
         if resumed:
             self._save_checkpoint(self.machine.round, self.machine.model)
@@ -263,6 +276,8 @@ class NodeRuntime:
                     return
                 continue
             if kind == "msg":
+                if self.attacker is not None:
+                    self.attacker.observe(payload)
                 event = MessageReceived(payload, now)
             elif kind == "joined":
                 event = PeerJoined(payload, now)
@@ -274,6 +289,8 @@ class NodeRuntime:
                     model = self._privatize(rnd, model)
                 if self.budget_exhausted or model is None:
                     continue
+                if self.attacker is not None and self.config.secure_aggregation != "off":
+                    model = self.attacker.poison_step(rnd, model)
                 event = LocalStepDone(rnd, model, now)
             elif kind == "eval":
                 self._on_eval(*payload)
@@ -316,7 +333,10 @@ class NodeRuntime:
     def _apply(self, actions: list) -> None:
         for action in actions:
             if isinstance(action, Send):
-                self.transport.send(action.peer, action.data)
+                data = action.data
+                if self.attacker is not None and action.kind == "contribute":
+                    data = self.attacker.rewrite(data)
+                self.transport.send(action.peer, data)
                 if action.kind == "contribute" and _KILL_AFTER_CONTRIBUTE is not None \
                         and self.machine is not None and self.machine.round >= _KILL_AFTER_CONTRIBUTE:
                     _die_now(f"fault injection: SIGKILL after a contribution in round {self.machine.round}")
@@ -325,6 +345,8 @@ class NodeRuntime:
             elif isinstance(action, SetTimer):
                 self._deadline = action.deadline
             elif isinstance(action, StartLocalStep):
+                if self.attacker is not None:
+                    self.attacker.note_base(action.round, action.model)
                 if self.ledger is not None:
                     self._step_bases = {action.round: action.model}
                 self._jobs.put(("step", action.round, action.model))
@@ -421,6 +443,11 @@ class NodeRuntime:
         }
         if self.budget_exhausted:
             fields["state"] = "budget_exhausted"
+        if self.validation is not None:
+            fields["validation"] = self.validation.summary()
+        if self.attacker is not None:
+            fields["attack"] = self.config.attack
+            fields["contributions_poisoned"] = self.attacker.contributions_poisoned
         return fields
 
     def _publish_status(self) -> None:

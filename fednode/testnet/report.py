@@ -42,6 +42,7 @@ def build_report(net: "Testnet", wall: float) -> dict[str, Any]:
             "aborts": st.get("aborts"), "rejects": st.get("rejects"), "timings": st.get("timings"),
             "cumulative_timings": st.get("cumulative"),
             "epsilon": st.get("epsilon"), "privacy_releases": st.get("releases"), "state": st.get("state"),
+            "attack": st.get("attack"), "validation": st.get("validation"),
         })
     disagreement = rel = None
     avg_acc = None
@@ -51,8 +52,11 @@ def build_report(net: "Testnet", wall: float) -> dict[str, Any]:
         disagreement = float(np.linalg.norm(X - mean))
         rel = disagreement / max(1e-300, float(np.linalg.norm(np.tile(mean, (len(vectors), 1)))))
         avg_acc = averaged_accuracy(net, models)
+    from fednode.testnet.adversary import honest_summary
+    adversary = honest_summary(nodes_out, getattr(net, "attackers", frozenset()), net.opts.attack)
     ok = (not net.errors and all(n["rounds_completed"] >= net.opts.rounds for n in nodes_out))
-    return {
+    return {**adversary, "aggregator": net.opts.aggregator or "gossip", "degree": net.opts.degree,
+            "validation_filter": net.opts.validation_filter,
         "federation": net.federation, "ok": ok, "wall_time_s": round(wall, 3), "rounds": net.opts.rounds,
         "task": net.opts.task, "split": net.opts.split, "alpha": net.opts.alpha, "seed": net.opts.seed,
         "secure_aggregation": net.opts.secure_aggregation, "dp": net.opts.dp, "dp_delta": net.opts.dp_delta,
