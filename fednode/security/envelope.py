@@ -378,6 +378,9 @@ def _float_checks(arrays: Mapping[str, np.ndarray], ctx: VerifyContext) -> tuple
     return None
 
 
+_BIN_MARKERS = frozenset({0xC4, 0xC5, 0xC6})
+
+
 def open_envelope(raw: bytes, ctx: VerifyContext) -> Message | Reject:
     """Verify ``raw`` against ``ctx``: an accepted :class:`Message` or a :class:`Reject`. Never raises."""
     try:
@@ -404,6 +407,10 @@ def _open(raw: bytes, ctx: VerifyContext) -> Message | Reject:
     if size > ctx.max_message_bytes:
         return Reject("oversize", f"{size} > {ctx.max_message_bytes} bytes")
     raw = bytes(raw)
+    if len(raw) < 2 or raw[0] != 0x93 or raw[1] not in _BIN_MARKERS:
+        # what seal() writes always starts fixarray(3), bin: refuse anything else before msgpack sees it
+        # (random bytes and nesting or length bombs cost a byte compare, not a parse)
+        return Reject("malformed", "envelope is not msgpack([bin, bin, bin])")
     try:
         outer = msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=True,
                                 max_bin_len=ctx.max_message_bytes, max_str_len=0, max_array_len=3,
