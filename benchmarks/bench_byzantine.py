@@ -24,6 +24,7 @@ ATTACKS = ["signflip", "gaussian", "alie", "ipm", "stale", "nan", "inf", "oversi
 SETTINGS = {  # column -> (aggregator, validation filter)
     "gossip": ("gossip", False), "clipped": ("clipped", False), "trimmed_mean": ("trimmed_mean", False),
     "median": ("median", False), "validation_filter": ("gossip", True),
+    "clipped+filter": ("clipped", True),
 }
 LOCK = "/tmp/fednode-heavy.lock"
 
