@@ -171,3 +171,22 @@ def test_attacks_are_deterministic_and_leave_inputs_alone():
     assert np.allclose(alie, base["x"] - 1.5 * 1.0)  # mean of the observed minus z standard deviations
     with pytest.raises(ValueError):
         apply_attack("bogus", base=base, half=half, rng=rng_a)
+
+
+def test_testnet_picks_attackers_deterministically_and_refuses_bad_options():
+    import subprocess
+    import sys
+
+    from fednode.node.config import ConfigError, NodeConfig
+    from fednode.testnet.adversary import byzantine_indices
+    a = byzantine_indices(10, 2, seed=0)
+    assert a == byzantine_indices(10, 2, seed=0) and len(a) == 2 and a <= set(range(10))
+    with pytest.raises(ValueError):
+        byzantine_indices(3, 3, seed=0)
+    with pytest.raises(ConfigError):
+        NodeConfig(attack="bogus").validate()
+    assert NodeConfig(attack="alie").validate().attack == "alie"
+    for args in (["--nodes", "2", "--byzantine", "5"], ["--nodes", "3", "--validation-filter",
+                                                         "--secure-aggregation", "retry"]):
+        r = subprocess.run([sys.executable, "-m", "fednode", "testnet", *args], capture_output=True, text=True)
+        assert r.returncode == 2 and r.stderr.startswith("fednode: error:"), r.stderr
