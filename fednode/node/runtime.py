@@ -32,6 +32,7 @@ from fednode.gossip.events import (Abort, AdoptModel, Broadcast, Commit, Finishe
 from fednode.gossip.round import AGGREGATE, COMMITTING, DONE, SYNC, TRAIN, GossipNode
 from fednode.node.checkpoint import Checkpoint, atomic_write, load_checkpoint, save_checkpoint
 from fednode.node.config import NodeConfig
+from fednode.node.hooks import RuntimeHooks
 from fednode.node.status import seal_status
 from fednode.security.arrays import Model
 from fednode.security.identity import AllowList, Identity, short_id
@@ -96,13 +97,7 @@ class NodeRuntime:
         self._exhausted_until: float | None = None
         self._step_bases: dict[int, Model] = {}
         self._dp_rng = make_rng() if config.dp != "off" else None
-        self.validation = None
-        self.attacker = None  # fault injection (fednode/node/byzantine.py): set only by the testnet
-        if config.attack != "off":
-            from fednode.node.byzantine import ByzantineInterceptor
-            self.attacker = ByzantineInterceptor(config.attack, identity, allow_list, trainer.model_spec,
-                                                 seed=config.seed)
-            log.warning("BYZANTINE node: fault injection %r poisons every contribution of this node", config.attack)
+        self.hooks = RuntimeHooks(config, identity, allow_list, trainer)  # fednode/node/hooks.py
         if config.dp != "off":
             self.ledger = PrivacyLedger(config.ledger_path, config.dp_delta, fallback=self._release_for(0))
             if self.ledger.recovered_torn_record:
@@ -143,12 +138,7 @@ class NodeRuntime:
         start_round, model, resumed = self._load_state()
         self.machine = GossipNode(self.identity, self.allow_list, self.trainer.model_spec, model,
                                   self.config.round_config(), start_round=start_round, joining=True)
-        self.validation = None
-        if self.config.validation_filter:  # the trainer evaluates; the round machine only gets a callable
-            from fednode.node.trainer.validation import ValidationFilter
-            self.validation = ValidationFilter(self.trainer)
-            self.validation.warmup(model)
-            self.machine.contribution_filter = self.validation
+        self.hooks.install(self.machine, model)
         # persist the restart count at once, so a crash loop is visible in the report
         if resumed:
             self._save_checkpoint(self.machine.round, self.machine.model)
@@ -169,7 +159,7 @@ class NodeRuntime:
         worker = threading.Thread(target=self._worker, name="trainer", daemon=True)
         worker.start()
         self.transport = self._transport_factory(
-            on_message=lambda data: self._events.put(("msg", data)),
+            on_message=lambda data: self.hooks.inbound.admit(len(data)) and self._events.put(("msg", data)),
             on_peer_joined=lambda peer: self._events.put(("joined", peer)),
             on_peer_left=lambda peer: self._events.put(("left", peer)),
             model_provider=None)
@@ -276,8 +266,7 @@ class NodeRuntime:
                     return
                 continue
             if kind == "msg":
-                if self.attacker is not None:
-                    self.attacker.observe(payload)
+                self.hooks.received(payload)
                 event = MessageReceived(payload, now)
             elif kind == "joined":
                 event = PeerJoined(payload, now)
@@ -289,8 +278,7 @@ class NodeRuntime:
                     model = self._privatize(rnd, model)
                 if self.budget_exhausted or model is None:
                     continue
-                if self.attacker is not None and self.config.secure_aggregation != "off":
-                    model = self.attacker.poison_step(rnd, model)
+                model = self.hooks.step_done(rnd, model)
                 event = LocalStepDone(rnd, model, now)
             elif kind == "eval":
                 self._on_eval(*payload)
@@ -333,10 +321,7 @@ class NodeRuntime:
     def _apply(self, actions: list) -> None:
         for action in actions:
             if isinstance(action, Send):
-                data = action.data
-                if self.attacker is not None and action.kind == "contribute":
-                    data = self.attacker.rewrite(data)
-                self.transport.send(action.peer, data)
+                self.transport.send(action.peer, self.hooks.outgoing(action.kind, action.data))
                 if action.kind == "contribute" and _KILL_AFTER_CONTRIBUTE is not None \
                         and self.machine is not None and self.machine.round >= _KILL_AFTER_CONTRIBUTE:
                     _die_now(f"fault injection: SIGKILL after a contribution in round {self.machine.round}")
@@ -345,8 +330,7 @@ class NodeRuntime:
             elif isinstance(action, SetTimer):
                 self._deadline = action.deadline
             elif isinstance(action, StartLocalStep):
-                if self.attacker is not None:
-                    self.attacker.note_base(action.round, action.model)
+                self.hooks.step_started(action.round, action.model)
                 if self.ledger is not None:
                     self._step_bases = {action.round: action.model}
                 self._jobs.put(("step", action.round, action.model))
@@ -443,11 +427,7 @@ class NodeRuntime:
         }
         if self.budget_exhausted:
             fields["state"] = "budget_exhausted"
-        if self.validation is not None:
-            fields["validation"] = self.validation.summary()
-        if self.attacker is not None:
-            fields["attack"] = self.config.attack
-            fields["contributions_poisoned"] = self.attacker.contributions_poisoned
+        self.hooks.status(fields)
         return fields
 
     def _publish_status(self) -> None:
