@@ -210,6 +210,7 @@ def run_federation(args: argparse.Namespace, flood: bool) -> dict:
                               capture_output=True, text=True, timeout=args.timeout)
         time.sleep(3.0)  # let the nodes drain their queues
         flood_wall = time.time() - t0
+        out["nodes_alive_after_flood"] = sum(1 for n in net.nodes if n.proc is not None and n.proc.poll() is None)
         cpu1 = [_proc_cpu_s(p) for p in pids]
         rss1 = [_proc_rss_mb(p) for p in pids]
         try:
@@ -270,7 +271,7 @@ def summarize(base: dict, flood: dict, costs: dict) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--nodes", type=int, default=4)
-    p.add_argument("--rounds", type=int, default=60)
+    p.add_argument("--rounds", type=int, default=150, help="long enough for the federation to outlive the flood")
     p.add_argument("--messages", type=int, default=100_000)
     p.add_argument("--rate", type=float, default=4000.0, help="target forged messages per second")
     p.add_argument("--bcast", type=int, default=2000, help="malformed puts on the broadcast key")

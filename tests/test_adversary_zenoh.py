@@ -61,11 +61,12 @@ def _bench():
 
 def test_smaller_flood_is_rejected_exactly_and_harms_nobody():
     bench = _bench()
-    args = argparse.Namespace(nodes=4, rounds=25, seed=0, timeout=600.0, messages=10_000, rate=2500.0, bcast=200)
+    args = argparse.Namespace(nodes=4, rounds=80, seed=0, timeout=600.0, messages=10_000, rate=2500.0, bcast=200)
     out = bench.run_federation(args, flood=True)
     assert "sent" in out["forger"], out["forger"]
     assert out["forger"]["total"] >= 10_000
     assert all(n["exit_code"] == 0 for n in out["nodes"]), out["nodes"]
+    assert out["nodes_alive_after_flood"] == 4  # the flood hit live nodes, not finished ones
     for idx, groups in out["match"].items():
         for group, v in groups.items():
             if group == "rounds_and_replays":  # honest traffic adds a few (late duplicates), never fewer
