@@ -114,6 +114,23 @@ def test_eight_nodes_dirichlet_fashion_mnist(tmp_path):
 
 
 @pytest.mark.slow
+def test_twelve_nodes_of_degree_four_report_memory_and_series(tmp_path):
+    """A smaller version of the 32-node scale run (README "Scale on one machine")."""
+    r = run_testnet(tmp_path, "--nodes", "12", "--degree", "4", "--rounds", "10", "--split", "dirichlet",
+                    "--alpha", "0.5", "--seed", "0", "--stagger", "0.3")
+    assert r["ok"] and [n["rounds_completed"] for n in r["nodes"]] == [10] * 12
+    assert all(100 < n["rss_peak_mb"] < 2000 for n in r["nodes"])
+    assert r["rss_peak_mb_max"] == max(n["rss_peak_mb"] for n in r["nodes"]) and r["rss_peak_mb_median"] > 100
+    assert 0 < r["accuracy_min"] <= r["accuracy_median"]
+    for n in r["nodes"]:  # the overlay degree reached the nodes: never more than 4 neighbours
+        assert all(len(x["neighbours"]) <= 4 for x in n["per_round"])
+        assert sum(1 for x in n["per_round"] if x["neighbours"]) >= 8
+    s = r["series"]
+    assert s["round"] == list(range(10)) and all(d is not None for d in s["consensus_disagreement"])
+    assert 0 < s["consensus_disagreement_relative"][-1] < 0.1  # degree 4 of 12: close, not exact, agreement
+
+
+@pytest.mark.slow
 def test_kill_and_restart_every_few_seconds(tmp_path):
     r = run_testnet(tmp_path, "--nodes", "8", "--rounds", "700", "--seed", "3", "--kill-every", "10")
     assert r["ok"]
