@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -51,14 +51,14 @@ class _Rings:
             ring = _ordered(universe, key)
             self.orders.append((ring, {m: i for i, m in enumerate(ring)}))
 
-    def ring_neighbours(self, me: bytes, view: set[bytes] | frozenset[bytes], out: set[bytes]) -> None:
-        """Add me's successor and predecessor in each cycle restricted to ``view`` (which holds me)."""
+    def ring_neighbours(self, me: bytes, view: Set[bytes], out: set[bytes]) -> None:
+        """Add me's successor and predecessor in each cycle restricted to ``view | {me}``."""
         for ring, pos in self.orders:
             n = len(ring)
             i = pos[me]
             for step in (1, -1):
                 j = (i + step) % n
-                while ring[j] not in view:
+                while ring[j] not in view and ring[j] != me:
                     j = (j + step) % n
                 out.add(ring[j])
 
@@ -78,22 +78,23 @@ class RandomRegularOverlay:
             raise ValueError("overlay degree must be >= 1")
 
     def neighbours(self, me: bytes, members: Iterable[bytes], round: int) -> frozenset[bytes]:
-        view = set(members)
-        view.add(me)
-        n = len(view)
+        # a set is used as is (no O(N) copy per call): the view is members | {me}
+        others = members if isinstance(members, (set, frozenset)) else set(members)
+        n = len(others) + (me not in others)
         if n <= self.degree + 1:
-            return frozenset(view - {me})
-        rings = self._rings(round, view)
+            return frozenset(others) - {me}
+        rings = self._rings(round, me, others)
         out: set[bytes] = set()
-        rings.ring_neighbours(me, view, out)
+        rings.ring_neighbours(me, others, out)
         out.discard(me)
         return frozenset(out)
 
-    def _rings(self, round: int, view: set[bytes]) -> _Rings:
+    def _rings(self, round: int, me: bytes, others: Set[bytes]) -> _Rings:
         rings = self._cache.get(round)
-        if rings is None or not view <= rings.universe:
-            universe = view if rings is None else rings.universe | view
-            rings = _Rings(self.federation, round, max(1, self.degree // 2), set(universe))
+        if rings is None or me not in rings.universe or not others <= rings.universe:
+            universe = set(others) if rings is None else rings.universe | others
+            universe.add(me)
+            rings = _Rings(self.federation, round, max(1, self.degree // 2), universe)
             self._cache[round] = rings
             self._cache.move_to_end(round)
             while len(self._cache) > self.cache_rounds:

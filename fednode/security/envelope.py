@@ -286,7 +286,27 @@ def seal(identity: Identity, *, msg_type: int, recipient: bytes, federation: str
     if isinstance(parsed, str):  # refuse to emit what every receiver would reject as malformed
         raise ValueError(f"cannot seal: {parsed}")
     sig = identity.sign(SIG_DOMAIN + header_bytes) if signed else UNSIGNED_SIG
-    return msgpack.packb([header_bytes, payload, sig], use_bin_type=True)
+    return pack_envelope(header_bytes, payload, sig)
+
+
+def _bin_prefix(n: int) -> bytes:
+    if n < 1 << 8:
+        return b"\xc4" + n.to_bytes(1, "big")
+    if n < 1 << 16:
+        return b"\xc5" + n.to_bytes(2, "big")
+    if n < 1 << 32:
+        return b"\xc6" + n.to_bytes(4, "big")
+    raise ValueError("envelope part too large for msgpack bin 32")
+
+
+def pack_envelope(header_bytes: bytes, payload: bytes, sig: bytes) -> bytes:
+    """``msgpack.packb([header_bytes, payload, sig], use_bin_type=True)``, byte for byte, in one copy.
+
+    msgpack's packer stages a large payload in a fresh buffer of its own (page faults on every
+    80 KB model); joining the three bin items directly is 20-40x cheaper (benchmarks/bench_simulator.py).
+    """
+    return b"".join((b"\x93", _bin_prefix(len(header_bytes)), header_bytes, _bin_prefix(len(payload)), payload,
+                     _bin_prefix(len(sig)), sig))
 
 
 # ---------------------------------------------------------------------------------------------- opening
