@@ -113,7 +113,8 @@ def run(n: int, degree: int, rounds: int, dim: int, seed: int, signed: bool) -> 
     rated = [x for x in rows if x["above_noise_floor"]]
     contr = np.array([x["contraction"] for x in rated])
     lams = np.array([x["lambda"] for x in rated])
-    final = np.stack([sim.final_vectors()[i] for i in range(n)])
+    finals = sim.final_vectors()
+    final = np.stack([finals[i] for i in range(n)])
     return {
         "nodes": n, "degree": degree, "rounds": rounds, "dim": dim, "signed": signed,
         "wall_time_s": round(wall, 2), "cpu_time_s": round(cpu, 2), "setup_s": round(setup, 2),

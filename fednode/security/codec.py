@@ -14,7 +14,7 @@ not (see benchmarks/bench_simulator.py). A signed receiver rejects every unsigne
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fednode.security.envelope import Message, Reject, VerifyContext, open_envelope, seal
@@ -47,18 +47,28 @@ class SignedCodec:
 
 @dataclass(frozen=True)
 class UnsignedCodec:
-    """Simulation fast mode: same envelopes and checks, minus the signature and payload hash."""
+    """Simulation fast mode: same envelopes and checks, minus the signature and payload hash.
+
+    Sender and receivers live in one process, so the header the sealer already parsed (its
+    check that it emits nothing malformed) is handed to the receiver through a bounded cache
+    instead of being parsed a second time; a duplicate or unknown header is parsed as usual.
+    """
 
     signed: bool = False
+    max_cached_headers: int = 1 << 18
+    _headers: dict = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
 
     def seal(self, identity: Identity, **fields: Any) -> bytes:
-        return seal(identity, signed=False, **fields)
+        if len(self._headers) > self.max_cached_headers:  # lost messages are never opened
+            self._headers.clear()
+        return seal(identity, signed=False, header_cache=self._headers, **fields)
 
     def open(self, raw: bytes, ctx: VerifyContext) -> Message | Reject:
-        return open_envelope(raw, ctx, signed=False)
+        return open_envelope(raw, ctx, signed=False, header_cache=self._headers)
 
 
 SIGNED = SignedCodec()
 UNSIGNED = UnsignedCodec()
+"""Shared by every machine of a fast-mode simulation (its header cache is per process)."""
 
 __all__ = ["EnvelopeCodec", "SIGNED", "SignedCodec", "UNSIGNED", "UnsignedCodec"]

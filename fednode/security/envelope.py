@@ -250,13 +250,15 @@ def _uint(name: str, value: Any) -> int:
 def seal(identity: Identity, *, msg_type: int, recipient: bytes, federation: str, round: int, attempt: int = 0,
          arrays: Mapping[str, np.ndarray] | None = None, spec: ModelSpec | None = None,
          meta: Mapping[str, Any] | None = None, now_ms: int, nonce: bytes | None = None,
-         signed: bool = True) -> bytes:
+         signed: bool = True, header_cache: dict[bytes, Header] | None = None) -> bytes:
     """Build and sign an envelope. Raises ValueError/TypeError on bad arguments (a caller bug).
 
     ``recipient`` is the 32-byte peer id, or b"" for a broadcast type. ``arrays`` are encoded in
     ``spec`` order and dtypes (default: ``ModelSpec.of(arrays)``). ``meta`` is a small map with
     str keys. ``nonce`` defaults to 16 random bytes. Nothing passed in is modified.
-    ``signed=False`` is for simulations only (see the module docstring).
+    ``signed=False`` is for simulations only (see the module docstring). ``header_cache`` (a
+    simulator's, sender and receivers in one process) keeps the parse of the emitted header for
+    :func:`open_envelope` with the same cache, which then need not parse those bytes again.
     """
     mt = int(MsgType(msg_type))
     if not isinstance(recipient, bytes) or len(recipient) not in (0, ID_BYTES):
@@ -285,6 +287,8 @@ def seal(identity: Identity, *, msg_type: int, recipient: bytes, federation: str
     parsed = _parse_header(header_bytes)
     if isinstance(parsed, str):  # refuse to emit what every receiver would reject as malformed
         raise ValueError(f"cannot seal: {parsed}")
+    if header_cache is not None:
+        header_cache[header_bytes] = parsed
     sig = identity.sign(SIG_DOMAIN + header_bytes) if signed else UNSIGNED_SIG
     return pack_envelope(header_bytes, payload, sig)
 
@@ -407,15 +411,21 @@ def _float_checks(arrays: Mapping[str, np.ndarray], ctx: VerifyContext) -> tuple
     return None
 
 
-def open_envelope(raw: bytes, ctx: VerifyContext, *, signed: bool = True) -> Message | Reject:
-    """Verify ``raw`` against ``ctx``: an accepted :class:`Message` or a :class:`Reject`. Never raises."""
+def open_envelope(raw: bytes, ctx: VerifyContext, *, signed: bool = True,
+                  header_cache: dict[bytes, Header] | None = None) -> Message | Reject:
+    """Verify ``raw`` against ``ctx``: an accepted :class:`Message` or a :class:`Reject`. Never raises.
+
+    A header found in ``header_cache`` (see :func:`seal`) is taken from it (and removed) instead
+    of being parsed again: parsing is a pure function of the bytes, so nothing else changes.
+    """
     try:
-        return _open(raw, ctx, signed)
+        return _open(raw, ctx, signed, header_cache)
     except Exception as exc:  # last resort only: every expected failure has its own reason code
         return Reject("internal", f"{type(exc).__name__}: {str(exc)[:200]}")
 
 
-def _open(raw: bytes, ctx: VerifyContext, signed: bool = True) -> Message | Reject:
+def _open(raw: bytes, ctx: VerifyContext, signed: bool = True,
+          header_cache: dict[bytes, Header] | None = None) -> Message | Reject:
     now_s = ctx.now_ms / 1000.0
     offenders = ctx.offenders
     token: list[bytes] = []
@@ -447,7 +457,8 @@ def _open(raw: bytes, ctx: VerifyContext, signed: bool = True) -> Message | Reje
     if len(sig) != SIG_BYTES:
         return Reject("malformed", "signature length")
     to_verify = SIG_DOMAIN + header_bytes
-    header = _parse_header(header_bytes)
+    cached = None if header_cache is None else header_cache.pop(header_bytes, None)
+    header = _parse_header(header_bytes) if cached is None else cached
     if isinstance(header, str):
         signer = _signer_of_malformed(header_bytes, to_verify, sig, ctx, now_s, signed)
         if signer is None:

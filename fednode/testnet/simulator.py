@@ -224,8 +224,10 @@ class Simulator:
                 self._alive_unfinished += 1
             rec.alive = True
             rec.started_at = self.now
+            # liveliness tells the others; a node that already lists the peer (every initial member does)
+            # would only re-add it, so that no-op event is not queued (O(N^2) events at start otherwise)
             for other in self.nodes:
-                if other.index != idx and other.alive:
+                if other.index != idx and other.alive and rec.peer_id not in other.machine.members:
                     self._schedule(self.now + self.conditions.membership_delay, other.index, ("joined", rec.peer_id))
             self._apply(rec, rec.machine.start(self.now))
             return
