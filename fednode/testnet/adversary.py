@@ -31,12 +31,8 @@ def check_options(opts: Any) -> None:
 
 
 def node_config(opts: Any, cfg: NodeConfig, index: int, attackers: frozenset[int]) -> NodeConfig:
-    """``cfg`` with the testnet's aggregation options and, for an attacker, its attack (validated)."""
+    """``cfg`` with the testnet's clip and filter options and, for an attacker, its attack (validated)."""
     changes: dict[str, Any] = {}
-    if getattr(opts, "aggregator", None):
-        changes["aggregator"] = opts.aggregator
-    if getattr(opts, "degree", None):
-        changes["degree"] = opts.degree
     if getattr(opts, "clip", None):
         changes["clip"] = opts.clip
     if getattr(opts, "validation_filter", False):
@@ -71,13 +67,9 @@ def _sum_counters(items) -> dict[str, int]:
 
 def register_flags(p) -> None:
     """The adversary flags of ``fednode testnet``."""
-    from fednode.gossip.config import AGGREGATORS
     p.add_argument("--byzantine", type=int, default=0, metavar="K",
                    help="K node processes poison their contributions with --attack (fault injection)")
     p.add_argument("--attack", default="signflip", choices=list(ATTACKS), help="what the Byzantine nodes send")
-    p.add_argument("--aggregator", default=None, choices=list(AGGREGATORS),
-                   help="aggregation rule of every node (default gossip; docs/protocol.md section 6)")
-    p.add_argument("--degree", type=int, default=None, help="overlay degree of every node (default 8)")
     p.add_argument("--clip", type=float, default=None, help="L2 bound on each round's local update")
     p.add_argument("--validation-filter", action="store_true",
                    help="score each neighbour's model on a held-out slice of the node's data; drop harmful ones")
@@ -87,13 +79,11 @@ def apply_cli(opts: Any, args: Any) -> None:
     """Copy the adversary flags into ``opts``; bad combinations are one-line user errors."""
     from fednode.cli.common import UserError
     opts.byzantine, opts.attack = args.byzantine, args.attack
-    opts.aggregator, opts.degree, opts.clip = args.aggregator, args.degree, args.clip
+    opts.clip = args.clip
     opts.validation_filter = args.validation_filter
     try:
         check_options(opts)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    if opts.degree is not None and opts.degree < 1:
-        raise UserError("--degree must be >= 1")
     if opts.validation_filter and opts.secure_aggregation != "off":
         raise UserError("--validation-filter reads each neighbour's model: it needs --secure-aggregation off")
