@@ -12,6 +12,7 @@ the receivers' reject counters, by reason group, with the number it sent.
 from __future__ import annotations
 
 import collections
+import hashlib
 import os
 import time
 
@@ -76,11 +77,14 @@ class Forger:
         self.round = 0
         self.spec: ModelSpec | None = None
         self._oversize: bytes | None = None
+        self._forged: set[bytes] = set()
+        """Digests of forgeries built from captures: the tap sees them on the wire too and must not take
+        a bit-flipped message for a real one (a payload flip of a signature flip is a bad signature)."""
 
     # ------------------------------------------------------------------ listening (a passive tap)
 
     def observe(self, key: str, raw: bytes) -> None:
-        if "/msg/" not in key:
+        if "/msg/" not in key or hashlib.sha256(raw).digest() in self._forged:
             return
         try:
             outer = msgpack.unpackb(raw, raw=False, max_array_len=3, max_map_len=0, max_str_len=0, max_ext_len=0)
@@ -133,6 +137,12 @@ class Forger:
 
     def make(self, kind: str) -> tuple[str, bytes, list[bytes]] | None:
         """One forged message: (key, bytes, the nodes that receive it), or None when not possible yet."""
+        made = self._make(kind)
+        if made is not None and kind.startswith(("bitflip", "replay")):
+            self._forged.add(hashlib.sha256(made[1]).digest())
+        return made
+
+    def _make(self, kind: str) -> tuple[str, bytes, list[bytes]] | None:
         rng = self.rng
         node = self._target()
         if kind == "random_bytes":
