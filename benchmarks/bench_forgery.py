@@ -238,7 +238,7 @@ def run_federation(args: argparse.Namespace, flood: bool) -> dict:
             got = counted_by_group(n.get("rejects") or {})
             match[n["index"]] = {g: {"sent": exp.get(g, 0), "rejected": got.get(g, 0)} for g in sorted(set(exp) | set(got))}
         out["match"] = match
-    shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)  # node state and logs: everything needed is in ``out``
     return out
 
 
