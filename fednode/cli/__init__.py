@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fednode.cli import keygen, observe, privacy, start, testnet
+from fednode.cli import keygen, observe, privacy, router, start, testnet
 from fednode.cli.common import UserError, user_errors
 
 __all__ = ["UserError", "build_parser", "main"]
 
-_COMMANDS = (keygen, start, observe, testnet, privacy)
+_COMMANDS = (keygen, start, observe, testnet, privacy, router)
 
 
 def build_parser() -> argparse.ArgumentParser:

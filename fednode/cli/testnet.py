@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fednode.cli.common import UserError
+
 
 def cmd_testnet(args: argparse.Namespace) -> int:
     from fednode.testnet.launcher import TestnetOptions, run_testnet
@@ -17,6 +19,19 @@ def cmd_testnet(args: argparse.Namespace) -> int:
                           secure_aggregation=args.secure_aggregation, dp=args.dp,
                           dp_noise_multiplier=args.dp_noise_multiplier, dp_clip=args.dp_clip,
                           dp_epsilon=args.dp_epsilon, dp_delta=args.dp_delta)
+    opts.netns, opts.link, opts.partition = args.netns, args.link or [], args.partition
+    opts.sites, opts.kill_router = args.sites, args.kill_router
+    if opts.netns or opts.link or opts.partition or opts.sites != 1 or opts.kill_router:
+        from fednode.testnet.netrun import validate_network_options
+        validate_network_options(opts)
+        if args.tui:
+            raise UserError("--tui does not work with --netns yet (the dashboard runs outside the namespaces)")
+        import signal
+
+        def on_term(signum, frame):  # SIGTERM cleans up like Ctrl-C: nodes, shims, routers, namespaces
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, on_term)
     if args.tui:
         from fednode.testnet.launcher import run_testnet_with_dashboard
         report = run_testnet_with_dashboard(opts)
@@ -55,4 +70,15 @@ def register(sub) -> None:
                    help="budget per node at --dp-delta (calibrates the noise when no multiplier is given)")
     p.add_argument("--dp-delta", type=float, default=1e-5)
     p.add_argument("--tui", action="store_true", help="open the dashboard over the testnet (docs/dashboard.md)")
+    p.add_argument("--netns", action="store_true",
+                   help="each node in a network namespace of its own (root; README 'Real networks')")
+    p.add_argument("--link", action="append", metavar="SPEC",
+                   help='egress impairment, e.g. "delay=50ms jitter=10ms loss=2%% rate=20mbit"; prefix "3:" '
+                        'for one node or "site1:" for one site (repeatable; needs --netns)')
+    p.add_argument("--partition", metavar="SPEC",
+                   help='cut the federation, e.g. "at=20s for=30s groups=0-3|4-7" (needs --netns)')
+    p.add_argument("--sites", type=int, default=1,
+                   help="put the nodes in N sites joined only through Zenoh routers (needs --netns)")
+    p.add_argument("--kill-router", metavar="SPEC", help='e.g. "site=1 at=20s for=20s": SIGKILL that '
+                   'site\'s router and restart it (needs --sites)')
     p.set_defaults(func=cmd_testnet)

@@ -74,6 +74,9 @@ class Testnet:
             raise ValueError("--nodes must be >= 1")
         if opts.rounds < 1:
             raise ValueError("--rounds must be >= 1")
+        if opts.netns or opts.link or opts.partition or opts.sites != 1 or opts.kill_router:
+            from fednode.testnet.netrun import validate_network_options
+            validate_network_options(opts)  # before anything is created
         self.opts = opts
         self.federation = opts.federation or f"testnet-{secrets.token_hex(4)}"
         self._own_workdir = opts.workdir is None
@@ -86,6 +89,10 @@ class Testnet:
         self._env.update({"FEDNODE_SINGLE_THREAD": "1", "JAX_PLATFORMS": "cpu",
                           "PYTHONUNBUFFERED": "1",
                           "JAX_COMPILATION_CACHE_DIR": str(self.workdir / "jax-cache")})
+        self.net = None
+        if opts.netns:  # namespaces, impairment, partitions, sites (fednode/testnet/netrun.py)
+            from fednode.testnet.netrun import NetRun
+            self.net = NetRun(opts, self.workdir, say=self._say)
 
     # ------------------------------------------------------------------ setup
 
@@ -118,16 +125,20 @@ class Testnet:
                              secure_aggregation=self.opts.secure_aggregation, dp=self.opts.dp,
                              dp_noise_multiplier=self.opts.dp_noise_multiplier, dp_clip=self.opts.dp_clip,
                              dp_epsilon=self.opts.dp_epsilon, dp_delta=self.opts.dp_delta).validate()
+            if self.net is not None:
+                cfg = self.net.node_config(i, cfg)
             cfg_path = d / "config.toml"
             cfg_path.write_text(cfg.to_toml())
             self.nodes.append(_Node(i, d, cfg_path, d / "node.log", ident.peer_id))
 
     def _launch(self, node: _Node) -> None:
         log = open(node.log_path, "ab")
+        argv = [sys.executable, "-m", "fednode", "start", "--config", str(node.config_path), *self.opts.extra_args]
+        if self.net is not None:
+            argv = self.net.command(node.index, argv)
         try:
             node.proc = subprocess.Popen(
-                [sys.executable, "-m", "fednode", "start", "--config", str(node.config_path),
-                 *self.opts.extra_args],
+                argv,
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self._env,
                 start_new_session=True, preexec_fn=(lambda n=self.opts.node_nice: os.nice(n))
                 if self.opts.node_nice else None)
@@ -141,6 +152,8 @@ class Testnet:
     def run(self) -> dict[str, Any]:
         self.started_at = time.time()
         try:
+            if self.net is not None:
+                self.net.start(self.started_at)
             for node in self.nodes:
                 self._launch(node)
             self._monitor()
@@ -151,8 +164,13 @@ class Testnet:
             self._say("\ninterrupted: stopping every node")
         finally:
             self._stop_all()
+            if self.net is not None:
+                self.net.close()
+                self.errors += self.net.errors
         wall = time.time() - self.started_at
         report = build_report(self, wall)
+        if self.net is not None:
+            report.update(self.net.report())
         if self.opts.report is not None:
             Path(self.opts.report).write_text(json.dumps(report, indent=2))
         if not self.opts.quiet:
@@ -178,6 +196,8 @@ class Testnet:
         while True:
             now = time.time()
             self._poll_status(now)
+            if self.net is not None:
+                self.net.tick(now)
             for node in self.nodes:
                 if node.proc is not None and node.exit_code is None:
                     code = node.proc.poll()
