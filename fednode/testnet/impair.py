@@ -18,7 +18,8 @@ the node's packets fail loudly instead of silently bypassing the impairment.
 Jitter is uniform in [-jitter, +jitter] and never reorders: a packet is released no earlier than
 the one before it (netem reorders with jitter, which TCP punishes with spurious retransmits; real
 paths with jitter mostly keep order). A partition drops every packet whose destination lies in
-another group between two wall-clock instants. The shim exits on SIGTERM/SIGINT, when its
+another group while it is on: SIGUSR1 turns it on, SIGUSR2 off
+(the launcher keeps the schedule). The shim exits on SIGTERM/SIGINT, when its
 launcher (``parent_pid``) dies, and writes its counters to ``stats_file`` every second and at exit.
 
 Run: ``ip netns exec NS python -m fednode.testnet.impair CONFIG.json`` (root; the launcher does it).
@@ -60,9 +61,7 @@ class ShimConfig:
     jitter_s: float = 0.0
     loss: float = 0.0
     seed: int = 0
-    partition_start: float | None = None  # wall-clock seconds (time.time())
-    partition_end: float | None = None
-    partition_drop: list[str] = field(default_factory=list)  # destinations cut off during the partition
+    partition_drop: list[str] = field(default_factory=list)  # destinations cut off while partitioned
     parent_pid: int | None = None
     stats_file: str | None = None
     ready_file: str | None = None
@@ -85,19 +84,19 @@ class Impairment:
         self.rng = random.Random(cfg.seed)
         self.last_release = 0.0
         self.cut = {socket.inet_aton(a) for a in cfg.partition_drop}
+        self.partition_on = False  # SIGUSR1 cuts, SIGUSR2 heals (the launcher keeps the schedule)
         self.stats = {"packets": 0, "forwarded": 0, "dropped_loss": 0, "dropped_partition": 0,
-                      "send_errors": 0, "max_queue": 0}
+                      "send_errors": 0, "max_queue": 0, "not_ipv4": 0}
 
-    def partitioned(self, dst: bytes, now: float) -> bool:
-        c = self.cfg
-        return (c.partition_start is not None and c.partition_start <= now < (c.partition_end or 0.0)
-                and dst in self.cut)
+    def partitioned(self, dst: bytes, now: float) -> bool:  # noqa: ARG002
+        return self.partition_on and dst in self.cut
 
     def decide(self, packet: bytes, now: float) -> float | None:
         """Release time of the packet, or None to drop it."""
         self.stats["packets"] += 1
         if len(packet) < 20 or packet[0] >> 4 != 4:
-            return now  # not IPv4: nothing of ours; forward as is
+            self.stats["not_ipv4"] += 1  # the kernel's IPv6 chatter on the TUN: not ours, never forwarded
+            return None
         if self.partitioned(packet[16:20], now):
             self.stats["dropped_partition"] += 1
             return None
@@ -149,6 +148,13 @@ def run(cfg: ShimConfig) -> int:
     out.setsockopt(socket.SOL_SOCKET, _SO_MARK, cfg.mark)
     _route_through(cfg)
     imp = Impairment(cfg)
+
+    def cut(on: bool) -> None:
+        imp.partition_on = on
+        print(f"{time.time():.3f} partition {'on' if on else 'off'}", file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGUSR1, lambda *_: cut(True))
+    signal.signal(signal.SIGUSR2, lambda *_: cut(False))
     queue: list[tuple[float, int, bytes]] = []
     seq = 0
     _write_json(cfg.ready_file, {"pid": os.getpid(), "tun": cfg.tun})
@@ -161,8 +167,11 @@ def run(cfg: ShimConfig) -> int:
                 try:
                     out.sendto(pkt, (socket.inet_ntoa(pkt[16:20]), 0))
                     imp.stats["forwarded"] += 1
-                except OSError:
+                except OSError as exc:
                     imp.stats["send_errors"] += 1
+                    if imp.stats["send_errors"] <= 5:
+                        print(f"send of {len(pkt)} bytes to {socket.inet_ntoa(pkt[16:20])} failed: {exc}",
+                              file=sys.stderr, flush=True)
             if now >= next_check:
                 next_check = now + 1.0
                 if cfg.parent_pid and not _alive(cfg.parent_pid):

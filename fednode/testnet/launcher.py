@@ -197,7 +197,7 @@ class Testnet:
             now = time.time()
             self._poll_status(now)
             if self.net is not None:
-                self.net.tick(now)
+                self.net.tick(now, any(n.last_round_done >= 0 for n in self.nodes))
             for node in self.nodes:
                 if node.proc is not None and node.exit_code is None:
                     code = node.proc.poll()

@@ -6,7 +6,8 @@ goes through it; a SIGKILLed launcher's leftovers are removed by the next run, s
 :mod:`fednode.testnet.netns`). Report fields it adds: ``network`` with ``run_id``, ``sites``,
 ``links`` (the spec per node), ``links_measured`` (UDP echo RTT/loss between namespaces, before
 training), ``partition`` (spec and the loss measured inside and across groups while it was in
-force), ``shims`` (per-node packet counters) and ``routers`` (kill/restart events, link log).
+force), ``shims`` (per-node packet counters) and ``routers`` (kill/restart events, link log). The partition and router-kill clocks (``at=``)
+count from the federation's first completed round, so start-up time under load does not move them.
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ class NetRun:
         self.links_measured: list[dict] = []
         self.partition_measured: list[dict] = []
         self.t0 = 0.0
+        self.clock0: float | None = None  # the federation's first completed round: at= counts from here
+        self.partition_events: list[dict] = []
         self._threads: list[threading.Thread] = []
         self._closed = False
 
@@ -106,9 +109,6 @@ class NetRun:
         for m in self.links_measured:
             self.say(f"link {m['from']}->{m['to']}: rtt median {m.get('rtt_ms', {}).get('median')} ms, "
                      f"loss {m['loss']:.1%} ({m['sent']} probes)")
-        if self.partition is not None:
-            mid = self.t0 + self.partition.at_s + min(self.partition.for_s / 2, 5.0)
-            self._spawn(self._probe_partition, mid)
 
     def _tc(self, ns: str, *args: str) -> None:
         res = subprocess.run(["ip", "netns", "exec", ns, "tc", *args], capture_output=True, text=True)
@@ -124,8 +124,6 @@ class NetRun:
                          stats_file=str(d / "shim-stats.json"), ready_file=str(d / "shim-ready.json"))
         if self.partition is not None:
             mine = self.partition.group_of(n.index)
-            cfg.partition_start = self.t0 + self.partition.at_s
-            cfg.partition_end = cfg.partition_start + self.partition.for_s
             cfg.partition_drop = [m.address for m in self.topo.node_nets if self.partition.group_of(m.index) != mine]
         Path(cfg.ready_file).unlink(missing_ok=True)
         cfg.dump(str(d / "shim.json"))
@@ -227,7 +225,7 @@ class NetRun:
         pairs = ([(g0[0], g0[1])] if len(g0) > 1 else []) + [(g0[0], other[0])]
         for m in self._probe_pairs(pairs, count=100, interval=0.01):
             m["across_groups"] = p.group_of(m["from"]) != p.group_of(m["to"])
-            m["at_s"] = round(when - self.t0, 1)
+            m["since_first_round_s"] = round(when - (self.clock0 or when), 1)
             self.partition_measured.append(m)
 
     def _spawn(self, fn, *args) -> None:
@@ -237,21 +235,44 @@ class NetRun:
 
     # ------------------------------------------------------------------ running
 
-    def tick(self, now: float) -> None:
-        """Called by the launcher's monitor loop: router kill/restart, dead shims and routers."""
+    def _event(self, log: list[dict], event: str, now: float, **kw) -> None:
+        log.append({"event": event, "at_s": round(now - self.t0, 2), "since_first_round_s":
+                    round(now - (self.clock0 or now), 2), "time": round(now, 3), **kw})
+
+    def _partition_tick(self, now: float) -> None:
+        p, done = self.partition, {e["event"] for e in self.partition_events}
+        if "cut" not in done and now >= self.clock0 + p.at_s:
+            for proc in self.shims.values():
+                proc.send_signal(signal.SIGUSR1)
+            self._event(self.partition_events, "cut", now)
+            self.say(f"partition: groups {' | '.join(','.join(map(str, sorted(g))) for g in p.groups)} cut off")
+            self._spawn(self._probe_partition, now + min(p.for_s / 2, 5.0))
+        elif "cut" in done and "healed" not in done and now >= self.clock0 + p.at_s + p.for_s:
+            for proc in self.shims.values():
+                proc.send_signal(signal.SIGUSR2)
+            self._event(self.partition_events, "healed", now)
+            self.say("partition healed")
+
+    def tick(self, now: float, trained: bool = True) -> None:
+        """Called by the launcher's monitor loop (``trained``: some node finished a round): the partition
+        and router-kill schedules, which count from the first completed round, and dead shims/routers."""
+        if self.clock0 is None and trained:
+            self.clock0 = now
+        if self.partition is not None and self.clock0 is not None:
+            self._partition_tick(now)
         k = self.kill
-        if k is not None:
+        if k is not None and self.clock0 is not None:
             r = self.topo.routers[k.site]
             killed = any(e["event"] == "killed" for e in self.router_events)
             restarted = any(e["event"] == "restarted" for e in self.router_events)
-            if not killed and now >= self.t0 + k.at_s:
+            if not killed and now >= self.clock0 + k.at_s:
                 self.routers[k.site].send_signal(signal.SIGKILL)
                 self.routers[k.site].wait(timeout=10)
-                self.router_events.append({"event": "killed", "site": k.site, "at_s": round(now - self.t0, 2)})
+                self._event(self.router_events, "killed", now, site=k.site)
                 self.say(f"SIGKILL router of site {k.site}")
-            elif killed and not restarted and now >= self.t0 + k.at_s + k.for_s:
+            elif killed and not restarted and now >= self.clock0 + k.at_s + k.for_s:
                 self._launch_router(r)
-                self.router_events.append({"event": "restarted", "site": k.site, "at_s": round(now - self.t0, 2)})
+                self._event(self.router_events, "restarted", now, site=k.site)
                 self.say(f"restarting router of site {k.site}")
         for i, p in self.shims.items():
             if p.poll() is not None and not any(f"shim of node{i}" in e for e in self.errors):
@@ -269,6 +290,9 @@ class NetRun:
         self._closed = True
         for t in self._threads:
             t.join(timeout=15)
+        if self.partition is not None and any(e["event"] == "cut" for e in self.partition_events) and \
+                not any(e["event"] == "healed" for e in self.partition_events):
+            self.errors.append("the run ended before the partition healed")
         procs = list(self.routers.values()) + list(self.shims.values())
         for p in procs:
             if p.poll() is None:
@@ -301,12 +325,14 @@ class NetRun:
         p = self.partition
         return {"network": {
             "netns": True, "run_id": self.topo.rid, "sites": self.opts.sites,
+            "first_round_at_s": None if self.clock0 is None else round(self.clock0 - self.t0, 2),
             "site_of_node": [n.site for n in self.topo.node_nets],
             "addresses": [n.address for n in self.topo.node_nets],
             "links": [ln.describe() for ln in self.links],
             "links_measured": self.links_measured,
             "partition": None if p is None else {"at_s": p.at_s, "for_s": p.for_s,
                                                  "groups": [sorted(g) for g in p.groups],
+                                                 "events": self.partition_events,
                                                  "measured": self.partition_measured},
             "shims": shims, "router_events": self.router_events, "router_links": router_links,
         }}
