@@ -32,6 +32,62 @@ def test_quickstart_testnet_of_four_nodes(tmp_path):
     assert [n["rounds_completed"] for n in r["nodes"]] == [5] * 4
     assert all(n["test_accuracy"] >= 0.85 and n["bytes_sent"] > 0 and n["bytes_received"] > 0 for n in r["nodes"])
     assert r["averaged_model_accuracy"] >= 0.85
+    _check_series(r, nodes=4, rounds=5)
+
+
+def _check_series(r: dict, nodes: int, rounds: int) -> None:
+    """The per-round series of a real run: every round of every node, consistent with the final figures."""
+    peers = {n["peer_id"] for n in r["nodes"]}
+    for n in r["nodes"]:
+        pr = n["per_round"]
+        assert [x["round"] for x in pr] == list(range(rounds))
+        assert all(x["outcome"] == "commit" and x["neighbours"] and set(x["neighbours"]) <= peers - {n["peer_id"]}
+                   for x in pr)
+        assert all(0 < x["t_s"] <= r["wall_time_s"] and x["round_time_s"] > 0 for x in pr)
+        assert [x["t_s"] for x in pr] == sorted(x["t_s"] for x in pr)
+        sent = [x["bytes_sent"] for x in pr]
+        assert sent == sorted(sent) and sent[0] > 0 and sent[-1] <= n["bytes_sent"]
+        assert pr[-1]["accuracy"] == n["test_accuracy"] and pr[-1]["loss"] == n["test_loss"]
+        assert n["rss_peak_mb"] is not None and 50 < n["rss_peak_mb"] < 4000
+    s = r["series"]
+    assert s["round"] == list(range(rounds)) and s["nodes"] == [nodes] * rounds
+    assert s["accuracy_min"][-1] == pytest.approx(min(n["test_accuracy"] for n in r["nodes"]), abs=1e-6)
+    assert all(lo <= med for lo, med in zip(s["accuracy_min"], s["accuracy_median"]))
+    assert s["consensus_disagreement"][-1] == pytest.approx(r["consensus_disagreement"], rel=1e-3, abs=1e-4)
+    assert all(d is not None and d >= 0 for d in s["consensus_disagreement"])
+    assert s["bytes_sent_total"] == sorted(s["bytes_sent_total"]) and s["t_s"] == sorted(s["t_s"])
+    assert r["accuracy_min"] == min(n["test_accuracy"] for n in r["nodes"]) and r["rss_peak_mb_max"] > 0
+
+
+def test_round_parameters_reach_every_node_config(tmp_path):
+    import tomllib
+
+    from fednode.testnet.launcher import Testnet, TestnetOptions
+    net = Testnet(TestnetOptions(nodes=3, rounds=2, workdir=tmp_path, degree=2, aggregator="trimmed_mean",
+                                 t_hello=1.5, t_agg=3.5, t_commit=0.75, max_retries=4, lease_ms=1500,
+                                 wait_peers_s=12.0).check())
+    net.prepare()
+    for node in net.nodes:
+        cfg = tomllib.loads(node.config_path.read_text())
+        assert {k: cfg[k] for k in ("degree", "aggregator", "t_hello", "t_agg", "t_commit", "max_retries",
+                                    "lease_ms", "wait_peers_s", "record_trajectory")} == {
+            "degree": 2, "aggregator": "trimmed_mean", "t_hello": 1.5, "t_agg": 3.5, "t_commit": 0.75,
+            "max_retries": 4, "lease_ms": 1500, "wait_peers_s": 12.0, "record_trajectory": True}
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--degree", "0"], "--degree must be >= 1"),
+    (["--aggregator", "mean"], "--aggregator must be one of gossip, clipped, trimmed_mean, median"),
+    (["--t-agg", "0"], "--t-agg must be > 0"),
+    (["--max-retries", "-1"], "--max-retries must be >= 0"),
+    (["--lease-ms", "5"], "--lease-ms must be >= 100"),
+])
+def test_bad_round_parameters_are_one_line_errors(tmp_path, flags, message):
+    result = subprocess.run([sys.executable, "-m", "fednode", "testnet", "--workdir", str(tmp_path / "w"), *flags],
+                            capture_output=True, text=True, timeout=60)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"fednode: error: {message}")
+    assert not (tmp_path / "w").exists()  # nothing created
 
 
 @pytest.mark.slow
