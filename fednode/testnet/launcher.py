@@ -29,6 +29,8 @@ Report (a stable interface for scripts; more fields may be added, none removed):
          round_time_median_s, bytes_sent_total (sum of the nodes' cumulative bytes sent),
          t_s (median wall time at which the round ended, s since start)}
 The per-round models come from each node's ``trajectory.bin`` (``record_trajectory``, on in the testnet).
+With --netns: network (see fednode/testnet/netrun.py): {netns, run_id, sites, site_of_node,
+    addresses, links, links_measured, partition, shims, router_events, router_links}.
 """
 
 from __future__ import annotations
