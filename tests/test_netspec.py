@@ -203,3 +203,15 @@ def test_netns_needs_root(monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(netns.NetnsError, match="needs root"):
         validate_network_options(TestnetOptions(netns=True))
+
+
+def test_cross_site_windows():
+    from fednode.testnet.netrun import cross_site_windows
+    a, b, c = "aa", "bb", "cc"
+    nodes = [{"index": 0, "peer_id": a, "per_round": [{"round": r, "neighbours": [b] if r != 3 else [c]}
+                                                      for r in range(10)]},
+             {"index": 1, "peer_id": b, "per_round": [{"round": r, "neighbours": [a, c]} for r in range(10)]},
+             {"index": 2, "peer_id": c, "per_round": [{"round": r, "neighbours": [a] if r < 5 else []}
+                                                      for r in range(10)]}]
+    out = cross_site_windows(nodes, [0, 0, 1])
+    assert out["per_node"] == {"0": [1, 0], "1": [5, 5], "2": [5, 0]} and out["min_per_window"] == 0

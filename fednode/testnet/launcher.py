@@ -196,7 +196,7 @@ class Testnet:
         wall = time.time() - self.started_at
         report = build_report(self, wall)
         if self.net is not None:
-            report.update(self.net.report())
+            report.update(self.net.report(report))
         if self.opts.report is not None:
             Path(self.opts.report).write_text(json.dumps(report, indent=2))
         if not self.opts.quiet:

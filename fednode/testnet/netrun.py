@@ -308,7 +308,8 @@ class NetRun:
             self.errors.append(f"could not delete namespaces {', '.join(left)}")
         return left
 
-    def report(self) -> dict[str, Any]:
+    def report(self, base: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The ``network`` report field; ``base`` (the report so far) adds ``cross_site`` with sites."""
         shims = {}
         for i in self.shims:
             try:
@@ -335,4 +336,29 @@ class NetRun:
                                                  "events": self.partition_events,
                                                  "measured": self.partition_measured},
             "shims": shims, "router_events": self.router_events, "router_links": router_links,
+            "cross_site": cross_site_windows(base.get("nodes", []), [n.site for n in self.topo.node_nets])
+            if base is not None and self.opts.sites > 1 else None,
         }}
+
+
+def cross_site_windows(nodes: list[dict], site_of: list[int], window: int = 5) -> dict[str, Any]:
+    """Per node, how many rounds of each window of ``window`` rounds averaged with another site's node.
+
+    Read from the report's ``per_round`` neighbours (full peer ids); ``min_per_window`` is the
+    smallest count over every node and complete window (the criterion "at least one cross-site
+    average per node per 5 rounds" holds when it is >= 1).
+    """
+    site = {n["peer_id"]: site_of[n["index"]] for n in nodes}
+    per_node = {}
+    for n in nodes:
+        mine = site_of[n["index"]]
+        rounds = {rec["round"]: any(site.get(p, mine) != mine for p in rec.get("neighbours") or [])
+                  for rec in n.get("per_round") or []}
+        if not rounds:
+            per_node[str(n["index"])] = []
+            continue
+        last = max(rounds)
+        per_node[str(n["index"])] = [sum(rounds.get(r, False) for r in range(w, w + window))
+                                     for w in range(0, last + 1 - window + 1, window)]
+    counts = [c for v in per_node.values() for c in v]
+    return {"window_rounds": window, "per_node": per_node, "min_per_window": min(counts) if counts else None}
