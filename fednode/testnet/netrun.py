@@ -71,6 +71,7 @@ class NetRun:
         self.partition_events: list[dict] = []
         self._threads: list[threading.Thread] = []
         self._closed = False
+        self._stop = threading.Event()
 
     # ------------------------------------------------------------------ per node
 
@@ -216,9 +217,8 @@ class NetRun:
         return out
 
     def _probe_partition(self, when: float) -> None:
-        time.sleep(max(0.0, when - time.time()))
-        if self._closed:
-            return
+        if self._stop.wait(max(0.0, when - time.time())):
+            return  # the run is ending
         p = self.partition
         g0 = sorted(i for i in range(self.opts.nodes) if p.group_of(i) == 0)
         other = sorted(i for i in range(self.opts.nodes) if p.group_of(i) != 0)
@@ -288,6 +288,7 @@ class NetRun:
         if self._closed:
             return []
         self._closed = True
+        self._stop.set()
         for t in self._threads:
             t.join(timeout=15)
         if self.partition is not None and any(e["event"] == "cut" for e in self.partition_events) and \
