@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.zenoh
@@ -26,8 +27,15 @@ def run_testnet(tmp_path: Path, *args: str, timeout: float = 900) -> dict:
     return data
 
 
-def test_quickstart_testnet_of_four_nodes(tmp_path):
-    r = run_testnet(tmp_path, "--nodes", "4", "--rounds", "5", "--seed", "1")
+@pytest.fixture(scope="module")
+def quickstart_report(tmp_path_factory) -> tuple[Path, dict]:
+    """One real 4-node run shared by the tests that read its report."""
+    tmp = tmp_path_factory.mktemp("quickstart")
+    return tmp / "report.json", run_testnet(tmp, "--nodes", "4", "--rounds", "5", "--seed", "1")
+
+
+def test_quickstart_testnet_of_four_nodes(quickstart_report):
+    r = quickstart_report[1]
     assert r["ok"] and r["errors"] == []
     assert [n["rounds_completed"] for n in r["nodes"]] == [5] * 4
     assert all(n["test_accuracy"] >= 0.85 and n["bytes_sent"] > 0 and n["bytes_received"] > 0 for n in r["nodes"])
@@ -106,6 +114,23 @@ def test_eight_nodes_dirichlet_fashion_mnist(tmp_path):
 
 
 @pytest.mark.slow
+def test_twelve_nodes_of_degree_four_report_memory_and_series(tmp_path):
+    """A smaller version of the 32-node scale run (README "Scale on one machine")."""
+    r = run_testnet(tmp_path, "--nodes", "12", "--degree", "4", "--rounds", "10", "--split", "dirichlet",
+                    "--alpha", "0.5", "--seed", "0", "--stagger", "0.3")
+    assert r["ok"] and [n["rounds_completed"] for n in r["nodes"]] == [10] * 12
+    assert all(100 < n["rss_peak_mb"] < 2000 for n in r["nodes"])
+    assert r["rss_peak_mb_max"] == max(n["rss_peak_mb"] for n in r["nodes"]) and r["rss_peak_mb_median"] > 100
+    assert 0 < r["accuracy_min"] <= r["accuracy_median"]
+    for n in r["nodes"]:  # the overlay degree reached the nodes: never more than 4 neighbours
+        assert all(len(x["neighbours"]) <= 4 for x in n["per_round"])
+        assert sum(1 for x in n["per_round"] if x["neighbours"]) >= 8
+    s = r["series"]
+    assert s["round"] == list(range(10)) and all(d is not None for d in s["consensus_disagreement"])
+    assert 0 < s["consensus_disagreement_relative"][-1] < 0.1  # degree 4 of 12: close, not exact, agreement
+
+
+@pytest.mark.slow
 def test_kill_and_restart_every_few_seconds(tmp_path):
     r = run_testnet(tmp_path, "--nodes", "8", "--rounds", "700", "--seed", "3", "--kill-every", "10")
     assert r["ok"]
@@ -116,3 +141,26 @@ def test_kill_and_restart_every_few_seconds(tmp_path):
                    for x in n["resumes"])
         assert n["max_round_gap_s"] <= r["round_length_bound_s"]
         assert n["test_accuracy"] >= 0.90
+
+
+def test_plot_of_a_real_report(quickstart_report, tmp_path):
+    mpimg = pytest.importorskip("matplotlib.image")
+    path, _ = quickstart_report
+    out = tmp_path / "runs.png"
+    result = subprocess.run([sys.executable, "-m", "fednode", "plot", str(path), str(path), "--label", "run a",
+                             "--label", "run b", "-o", str(out)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    img = mpimg.imread(out)
+    assert img.shape[0] > 500 and img.shape[1] > 800
+    assert len(np.unique(img.reshape(-1, img.shape[2]), axis=0)) > 50  # drawn, not a blank canvas
+    # no series in the file, or matplotlib missing: one line each
+    bare = tmp_path / "old.json"
+    bare.write_text(json.dumps({"federation": "x", "nodes": []}))
+    for code in (f"from fednode.cli import main; raise SystemExit(main(['plot', {str(bare)!r}, '-o', 'x.png']))",
+                 "import sys; sys.modules['matplotlib'] = None; from fednode.cli import main; "
+                 f"raise SystemExit(main(['plot', {str(path)!r}, '-o', 'x.png']))"):
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                                cwd=tmp_path)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("fednode: error: "), result.stderr
+    assert "pip install 'fednode[plot]'" in lines[0] and not (tmp_path / "x.png").exists()

@@ -46,7 +46,7 @@ class Progress:
         encoding = (getattr(self.stream, "encoding", None) or "").lower().replace("-", "")
         self.bars = _BARS if encoding.startswith("utf") else _ASCII_BARS
         self._samples: deque[tuple[float, int]] = deque()
-        self._last_print = 0.0
+        self._last_print = float("-inf")
         self._drawn = False
 
     @property
