@@ -46,7 +46,7 @@ def test_impaired_links_are_measured(tmp_path):
 
 
 def test_partition_and_heal(tmp_path):
-    r = _testnet(tmp_path, "--nodes", "4", "--rounds", "24", "--link", "delay=40ms",
+    r = _testnet(tmp_path, "--nodes", "4", "--rounds", "50", "--link", "delay=40ms",
                  "--partition", "at=3s for=10s groups=0-1|2-3", "--lease-ms", "1000")
     assert r["ok"], r["errors"]
     part = r["network"]["partition"]
@@ -65,7 +65,7 @@ def test_partition_and_heal(tmp_path):
 
 
 def test_sites_through_routers_and_a_killed_router(tmp_path):
-    r = _testnet(tmp_path, "--nodes", "4", "--sites", "2", "--rounds", "30", "--link", "delay=10ms",
+    r = _testnet(tmp_path, "--nodes", "4", "--sites", "2", "--rounds", "70", "--link", "delay=20ms",
                  "--kill-router", "site=1 at=3s for=8s", "--lease-ms", "1000")
     assert r["ok"], r["errors"]
     net = r["network"]
