@@ -65,7 +65,7 @@ def test_partition_and_heal(tmp_path):
 
 
 def test_sites_through_routers_and_a_killed_router(tmp_path):
-    r = _testnet(tmp_path, "--nodes", "4", "--sites", "2", "--rounds", "70", "--link", "delay=20ms",
+    r = _testnet(tmp_path, "--nodes", "4", "--sites", "2", "--rounds", "120", "--link", "delay=50ms",
                  "--kill-router", "site=1 at=3s for=8s", "--lease-ms", "1000")
     assert r["ok"], r["errors"]
     net = r["network"]
