@@ -61,15 +61,13 @@ def summarize(report: dict) -> dict:
         killed_site = next((e["site"] for e in net.get("router_events", [])), None)
         counts = []
         for n in report["nodes"]:
-            if net["site_of_node"][n["index"]] == killed_site and "killed" in ev:
-                # windows of rounds that ended entirely outside the outage
-                recs = n.get("per_round") or []
-                ok_rounds = {rec["round"] for rec in recs if rec["t_s"] is not None and
-                             not (ev["killed"] <= rec["t_s"] <= ev.get("restarted", 1e18) + 10)}
-                wins = cross["per_node"][str(n["index"])]
-                counts += [c for w, c in enumerate(wins) if all(r in ok_rounds for r in range(5 * w, 5 * w + 5))]
-            else:
-                counts += cross["per_node"][str(n["index"])]
+            key = str(n["index"])
+            for c, (t0, t1) in zip(cross["per_node"][key], cross["spans"][key]):
+                # outside the outage (and 10 s for the links to come back) when the node's site lost its router
+                if net["site_of_node"][n["index"]] == killed_site and "killed" in ev and \
+                        t1 >= ev["killed"] and t0 <= ev.get("restarted", 1e18) + 10:
+                    continue
+                counts.append(c)
         out["cross_site_min_per_5_rounds"] = min(counts) if counts else None
         out["router_events"] = net.get("router_events")
     return out

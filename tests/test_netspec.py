@@ -208,10 +208,13 @@ def test_netns_needs_root(monkeypatch):
 def test_cross_site_windows():
     from fednode.testnet.netrun import cross_site_windows
     a, b, c = "aa", "bb", "cc"
-    nodes = [{"index": 0, "peer_id": a, "per_round": [{"round": r, "neighbours": [b] if r != 3 else [c]}
+    nodes = [{"index": 0, "peer_id": a, "per_round": [{"round": r, "t_s": r, "neighbours": [b] if r != 3 else [c]}
                                                       for r in range(10)]},
-             {"index": 1, "peer_id": b, "per_round": [{"round": r, "neighbours": [a, c]} for r in range(10)]},
-             {"index": 2, "peer_id": c, "per_round": [{"round": r, "neighbours": [a] if r < 5 else []}
-                                                      for r in range(10)]}]
+             {"index": 1, "peer_id": b, "per_round": [{"round": r, "t_s": r, "neighbours": [a, c]}
+                                                      for r in list(range(5)) + list(range(20, 25))]},
+             {"index": 2, "peer_id": c, "per_round": [{"round": r, "t_s": r, "neighbours": [a] if r < 5 else []}
+                                                      for r in range(12)]}]
     out = cross_site_windows(nodes, [0, 0, 1])
+    # node 1 skipped rounds 5-19 (a resync): its two windows are its own 10 completed rounds
     assert out["per_node"] == {"0": [1, 0], "1": [5, 5], "2": [5, 0]} and out["min_per_window"] == 0
+    assert out["spans"]["1"] == [[0, 4], [20, 24]]

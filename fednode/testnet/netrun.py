@@ -343,23 +343,24 @@ class NetRun:
 
 
 def cross_site_windows(nodes: list[dict], site_of: list[int], window: int = 5) -> dict[str, Any]:
-    """Per node, how many rounds of each window of ``window`` rounds averaged with another site's node.
+    """Per node, in each run of ``window`` consecutive completed rounds, how many averaged with another site.
 
-    Read from the report's ``per_round`` neighbours (full peer ids); ``min_per_window`` is the
-    smallest count over every node and complete window (the criterion "at least one cross-site
-    average per node per 5 rounds" holds when it is >= 1).
+    Read from the report's ``per_round`` neighbours (full peer ids). Windows are chunks of the
+    node's own completed rounds (a node that resyncs skips rounds; skipped rounds are not counted
+    as rounds without averaging). ``spans`` gives each window's first and last end time (s since
+    start) so outages can be excluded; ``min_per_window`` is the smallest count over every node
+    and complete window (the criterion "at least one cross-site average per node per 5 rounds"
+    holds when it is >= 1).
     """
     site = {n["peer_id"]: site_of[n["index"]] for n in nodes}
-    per_node = {}
+    per_node, spans = {}, {}
     for n in nodes:
         mine = site_of[n["index"]]
-        rounds = {rec["round"]: any(site.get(p, mine) != mine for p in rec.get("neighbours") or [])
-                  for rec in n.get("per_round") or []}
-        if not rounds:
-            per_node[str(n["index"])] = []
-            continue
-        last = max(rounds)
-        per_node[str(n["index"])] = [sum(rounds.get(r, False) for r in range(w, w + window))
-                                     for w in range(0, last + 1 - window + 1, window)]
+        recs = sorted(n.get("per_round") or [], key=lambda rec: rec["round"])
+        flags = [any(site.get(p, mine) != mine for p in rec.get("neighbours") or []) for rec in recs]
+        chunks = range(0, len(recs) - window + 1, window)
+        per_node[str(n["index"])] = [sum(flags[k:k + window]) for k in chunks]
+        spans[str(n["index"])] = [[recs[k]["t_s"], recs[k + window - 1]["t_s"]] for k in chunks]
     counts = [c for v in per_node.values() for c in v]
-    return {"window_rounds": window, "per_node": per_node, "min_per_window": min(counts) if counts else None}
+    return {"window_rounds": window, "per_node": per_node, "spans": spans,
+            "min_per_window": min(counts) if counts else None}
