@@ -319,8 +319,21 @@ def _is_uint(v: object) -> bool:
     return type(v) is int and 0 <= v <= MAX_UINT  # type() is exact: bool is not an int here
 
 
+_META_SCALARS = frozenset({str, bytes, int, float, bool, type(None)})
+
+
 def _meta_ok(meta: object) -> bool:
     """Plain msgpack data with str keys all the way down, bounded depth (iterative: no recursion)."""
+    if type(meta) is dict:  # fast path, every round message: str keys -> scalars or lists of scalars
+        scalars = _META_SCALARS
+        for k, v in meta.items():
+            if type(k) is not str:
+                return False
+            t = type(v)
+            if t not in scalars and not (t is list and all(type(x) in scalars for x in v)):
+                break
+        else:
+            return True
     stack: list[tuple[object, int]] = [(meta, 0)]
     while stack:
         obj, depth = stack.pop()
@@ -406,7 +419,8 @@ def _float_checks(arrays: Mapping[str, np.ndarray], ctx: VerifyContext) -> tuple
                 return "norm", f"{norm:.6g} > {ctx.max_norm:.6g}"
         if ctx.max_abs is not None:
             for name, a in floats.items():
-                if a.size and not float(np.max(np.abs(a))) <= ctx.max_abs:
+                # max|a| as max(max a, -min a): same value (a is finite here), no |a| temporary
+                if a.size and not max(float(a.max()), -float(a.min())) <= ctx.max_abs:
                     return "magnitude", name
     return None
 
