@@ -103,6 +103,7 @@ class MsgType(enum.IntEnum):
 
 
 _MSG_TYPES = frozenset(int(t) for t in MsgType)
+_NO_ARRAYS = ModelSpec(())
 
 
 @dataclass(frozen=True)
@@ -330,7 +331,14 @@ def _meta_ok(meta: object) -> bool:
             if type(k) is not str:
                 return False
             t = type(v)
-            if t not in scalars and not (t is list and all(type(x) in scalars for x in v)):
+            if t is list:
+                for x in v:
+                    if type(x) not in scalars:
+                        break
+                else:
+                    continue
+                break
+            if t not in scalars:
                 break
         else:
             return True
@@ -386,7 +394,7 @@ def _parse_header(header_bytes: bytes) -> Header | str:
     if type(layout) is not list:
         return "layout"
     try:
-        spec = ModelSpec.from_layout(layout)
+        spec = _NO_ARRAYS if not layout else ModelSpec.from_layout(layout)  # most messages carry no arrays
     except ValueError:
         return "layout"
     if type(meta) is not dict or not _meta_ok(meta):
