@@ -35,6 +35,8 @@ def cmd_testnet(args: argparse.Namespace) -> int:
             raise KeyboardInterrupt
 
         signal.signal(signal.SIGTERM, on_term)
+    from fednode.testnet.adversary import apply_cli
+    apply_cli(opts, args)
     if args.tui:
         from fednode.testnet.launcher import run_testnet_with_dashboard
         report = run_testnet_with_dashboard(opts)
@@ -95,6 +97,8 @@ def register(sub) -> None:
                    help="put the nodes in N sites joined only through Zenoh routers (needs --netns)")
     p.add_argument("--kill-router", metavar="SPEC", help='e.g. "site=1 at=20s for=20s": SIGKILL that '
                    'site\'s router and restart it (needs --sites)')
+    from fednode.testnet.adversary import register_flags
+    register_flags(p)
     p.set_defaults(func=cmd_testnet)
 
 

@@ -53,6 +53,14 @@ class TestnetOptions:
     """Sites joined only through Zenoh routers (one router per site; needs netns)."""
     kill_router: str | None = None
     """--kill-router "site=1 at=20s for=20s"."""
+    # Byzantine fault injection (fednode/testnet/adversary.py)
+    byzantine: int = 0
+    """This many node processes poison their contributions with ``attack`` (marked in the report)."""
+    attack: str = "signflip"
+    clip: float | None = None
+    """L2 bound on each round's local update (``fednode start --clip``)."""
+    validation_filter: bool = False
+    """Each node scores its neighbours' models on a held-out slice of its data (plaintext only)."""
     # passed through to every node's config (README "Configuration reference")
     degree: int = 8
     aggregator: str = "gossip"
