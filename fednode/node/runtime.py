@@ -32,7 +32,7 @@ from fednode.gossip.events import (Abort, AdoptModel, Broadcast, Commit, Finishe
 from fednode.gossip.round import AGGREGATE, COMMITTING, DONE, SYNC, TRAIN, GossipNode
 from fednode.node.checkpoint import Checkpoint, atomic_write, load_checkpoint, save_checkpoint
 from fednode.node.config import NodeConfig
-from fednode.node.status import seal_status
+from fednode.gossip.status import seal_status
 from fednode.security.arrays import Model
 from fednode.security.identity import AllowList, Identity, short_id
 from fednode.security.ledger import PrivacyLedger, Release

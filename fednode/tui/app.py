@@ -68,7 +68,7 @@ class StatusFeed:
 
     def __init__(self, settings: Any, allow_list: Any, out: queue.SimpleQueue) -> None:
         from fednode.gossip.transports.zenoh_transport import ZenohObserver
-        from fednode.node.status import StatusVerifier
+        from fednode.gossip.status import StatusVerifier
         self._out = out
         self._verifier = StatusVerifier(settings.federation, allow_list)
         self._lock = threading.Lock()
