@@ -39,16 +39,7 @@ from fednode.gossip.events import (Abort, Action, Commit, Event, Finished, Local
 from fednode.gossip.inbox import Inbox
 from fednode.gossip.outbox import Outbox
 from fednode.gossip.overlay import Overlay, RandomRegularOverlay
-from fednode.gossip.stages.catchup import CatchUp
-from fednode.gossip.stages.collect import CollectStage
-from fednode.gossip.stages.commit import CommitStage
-from fednode.gossip.stages.contribute import ContributeStage
-from fednode.gossip.stages.hello import HelloStage
-from fednode.gossip.stages.masked_contribute import MaskedContribute
-from fednode.gossip.stages.masked_setup import MaskedSetup
-from fednode.gossip.stages.plus_shares import PlusContributor
-from fednode.gossip.stages.plus_unmask import PlusAggregator
-from fednode.gossip.stages.retry_unmask import RetryAggregator, RetryContributor
+from fednode.gossip.stages.modes import build_stages
 from fednode.gossip.state import (AGGREGATE, COMMITTING, DONE, SYNC, TRAIN, Concluded, HelloState, NodeStats,
                                   RoundEnd, RoundState)
 from fednode.gossip.update import accept_local_step
@@ -58,10 +49,6 @@ from fednode.security.identity import AllowList, Identity
 from fednode.security.noise import make_rng
 
 __all__ = ["AGGREGATE", "COMMITTING", "DONE", "SYNC", "TRAIN", "GossipNode", "NodeStats"]
-
-Handler = Callable[[RoundState, Message, float, list[Action]], None]
-Routes = dict[MsgType, tuple[Handler, ...]]
-
 
 class GossipNode:
     """One peer's round logic. Feed :meth:`start` once, then every event to :meth:`handle`."""
@@ -90,46 +77,8 @@ class GossipNode:
         self._timer: float | None = None
         self._started = False
         self._now = float("-inf")
-        self._build_stages(ctx)
-
-    def _build_stages(self, ctx: NodeContext) -> None:
-        """Pick the stages of the configured mode and the message routes into them."""
-        self.hello = HelloStage(ctx)
-        self.commit = commit = CommitStage(ctx)
-        self.catchup = CatchUp(ctx)
-        if not ctx.secure:
-            contribute, collect = ContributeStage(ctx, commit), CollectStage(ctx, commit)
-            self.aggregator = collect
-            self._late_edge = contribute.late_edge
-
-            def start_exchange(rnd: RoundState, now: float, out: list[Action]) -> Concluded | None:
-                contribute.start(rnd, now, out)
-                collect.start(rnd, now, out)
-                return None
-            self._start_exchange = start_exchange
-            self._current: Routes = {
-                MsgType.CONTRIBUTE: (contribute.note_implied_hello, collect.on_contribution),
-                MsgType.RETRY: (contribute.note_implied_hello, contribute.answer_retry),
-                MsgType.COMMIT: (commit.on_commit,)}
-            self._previous: Routes = {MsgType.RETRY: (contribute.answer_late_retry,),
-                                      MsgType.COMMIT: (commit.on_previous,)}
-            return
-        setup = MaskedSetup(ctx)
-        masked = MaskedContribute(ctx, setup)
-        if ctx.plus:
-            agg, con = PlusAggregator(ctx, setup), PlusContributor(ctx, setup, masked)
-        else:
-            agg, con = RetryAggregator(ctx, setup), RetryContributor(ctx, setup, masked)
-        self.aggregator, self.contributor = agg, con
-        self._start_exchange = agg.start
-        self._current = {MsgType.SETUP: (con.answer_setup,), MsgType.RETRY: (con.answer_setup,),
-                         MsgType.UNMASK: (con.answer_unmask,), MsgType.CONTRIBUTE: (agg.on_contribution,),
-                         MsgType.REVEAL: (agg.on_reveal,), MsgType.COMMIT: (commit.on_commit,)}
-        self._previous = {MsgType.SETUP: (con.answer_setup,), MsgType.RETRY: (con.answer_setup,),
-                          MsgType.UNMASK: (con.answer_unmask,), MsgType.COMMIT: (commit.on_previous,)}
-        if isinstance(agg, PlusAggregator) and isinstance(con, PlusContributor):
-            self._current[MsgType.SHARES] = (agg.on_shares,)
-            self._current[MsgType.RELAY] = self._previous[MsgType.RELAY] = (con.on_relay,)
+        self.stages = st = build_stages(ctx)
+        self.hello, self.commit, self.catchup, self.aggregator = st.hello, st.commit, st.catchup, st.aggregator
 
     # ------------------------------------------------------------------ public API
 
@@ -271,7 +220,7 @@ class GossipNode:
         if self.ctx.secure:
             pending, rnd.contributor.pending = rnd.contributor.pending, {}
             for msg in pending.values():
-                self.contributor.answer_setup(rnd, msg, event.now, out)
+                self.stages.contributor.answer_setup(rnd, msg, event.now, out)
 
     # ------------------------------------------------------------------ sequencing
 
@@ -304,7 +253,7 @@ class GossipNode:
             rnd.exchange.edges = edges
             rnd.exchange.contributed_at = now
             self.phase = AGGREGATE
-            self._conclude(rnd, self._start_exchange(rnd, now, out), now, out)
+            self._conclude(rnd, self.stages.start_exchange(rnd, now, out), now, out)
         elif self.phase == AGGREGATE:
             self._conclude(rnd, self.aggregator.advance(rnd, now, out), now, out)
         elif self.phase == COMMITTING:
@@ -355,17 +304,17 @@ class GossipNode:
         else:
             for old in (self._cur if self.phase == DONE else None, self._prev):
                 if old is not None and r == old.number:
-                    for handler in self._previous.get(t, ()):  # slower peers still need our answers
+                    for handler in self.stages.previous.get(t, ()):  # slower peers still need our answers
                         handler(old, msg, now, out)
                     return
 
     def _on_current(self, rnd: RoundState, msg: Message, now: float, out: list[Action]) -> None:
         if msg.msg_type == MsgType.HELLO:
             degree = self.hello.on_hello(rnd, msg, out)
-            if degree is not None:
-                self._late_edge(rnd, msg.sender, degree, now, out)
+            if degree is not None and self.stages.late_edge is not None:
+                self.stages.late_edge(rnd, msg.sender, degree, now, out)
             return
-        for handler in self._current.get(msg.msg_type, ()):
+        for handler in self.stages.current.get(msg.msg_type, ()):
             handler(rnd, msg, now, out)
 
     # ------------------------------------------------------------------ catch-up glue

@@ -9,8 +9,6 @@ difference), so with secure aggregation a contributor that did not use us is dri
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from fednode.gossip.context import NodeContext
 from fednode.gossip.events import Action
 from fednode.gossip.inbox import peer_set
