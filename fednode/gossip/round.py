@@ -220,7 +220,7 @@ class GossipNode:
         if self.ctx.secure:
             pending, rnd.contributor.pending = rnd.contributor.pending, {}
             for msg in pending.values():
-                self.stages.contributor.answer_setup(rnd, msg, event.now, out)
+                self.stages.answer_setup(rnd, msg, event.now, out)
 
     # ------------------------------------------------------------------ sequencing
 

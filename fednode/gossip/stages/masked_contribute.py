@@ -1,5 +1,11 @@
 """Secure aggregation, contributor side: noise -> encode -> mask -> CONTRIBUTE, to one aggregator only.
 
+:meth:`MaskedContribute.send` does it for both modes (mode B calls it once the shares are relayed);
+mode A answers a checked SETUP/RETRY with it at once (:meth:`~MaskedContribute.on_setup`), and
+reveals b^a (:meth:`~MaskedContribute.answer_unmask`) only for the attempt it answered last; having
+revealed, it answers no later attempt of that aggregator in this round (``masked_setup`` refuses
+older and equal attempts), so an aggregator can unmask at most one attempt per round.
+
 y_j = enc(W_ij x_j) + sum_k sigma_jk PRG(s_jk) + PRG(b_j) over the checked set U (mode B: U1), with
 pairwise seeds fresh per (round, attempt, aggregator) and a self-mask b_j that only j knows until it
 reveals it (mode A) or its shares are reconstructed (mode B). With distributed DP each message carries
@@ -13,9 +19,10 @@ import os
 from fednode.gossip import secagg
 from fednode.gossip.context import NodeContext
 from fednode.gossip.events import Action, Log
-from fednode.gossip.stages.masked_setup import MaskedSetup
+from fednode.gossip.inbox import peer_set
+from fednode.gossip.stages.masked_setup import MaskedSetup, SetupRequest
 from fednode.gossip.state import RoundState
-from fednode.security.envelope import Message, MsgType
+from fednode.security.envelope import Message, MsgType, Reject
 from fednode.security.kdf import KeyAgreementError
 from fednode.security.masking import TooFewContributorsError, derive_mask_seeds
 from fednode.security.noise import add_gaussian, distributed_sigma
@@ -63,3 +70,26 @@ class MaskedContribute:
                                spec=ctx.ring_spec, meta={"d": rnd.degree})
         ctx.stats.masked_contributions += 1
         ctx.outbox.send(out, agg, data, "contribute")
+
+    # ------------------------------------------------------------------ mode A
+
+    def on_setup(self, rnd: RoundState, req: SetupRequest, now: float, out: list[Action]) -> None:
+        """Mode A: mask over the checked set U at once."""
+        self.send(rnd, req.msg, req.aggregator, req.attempt, req.members, {p: k.epk for p, k in req.keys.items()},
+                  req.weight, now, out)
+
+    def answer_unmask(self, rnd: RoundState, msg: Message, now: float, out: list[Action]) -> None:
+        """Mode A: reveal b^a only for the attempt we answered last; older attempts stay dangling forever."""
+        agg, mine = msg.sender, rnd.contributor
+        answered = mine.answered.get(agg)
+        if answered is None or answered[0] != msg.attempt or peer_set(msg, "u") != answered[1]:
+            self.ctx.inbox.reject(out, Reject("bad_unmask", sender=agg, detail="not the attempt we contributed to last"))
+            return
+        seed = mine.self_masks.get((agg, msg.attempt))
+        if seed is None:
+            return
+        mine.revealed[agg] = msg.attempt
+        for key in [k for k in mine.self_masks if k[0] == agg and k[1] != msg.attempt]:
+            del mine.self_masks[key]
+        self.ctx.outbox.post(out, MsgType.REVEAL, agg, rnd.number, now, "reveal", attempt=msg.attempt,
+                             meta={"b": seed})

@@ -1,7 +1,7 @@
 """Which stages each mode runs, and which stage handles each message type (the driver's routing table).
 
-Plaintext: contribute + collect. Mode A ("retry"): masked_setup + masked_contribute + retry_unmask.
-Mode B ("secagg+"): masked_setup + masked_contribute + plus_shares + plus_unmask. Every mode: hello,
+Plaintext: contribute + collect. Mode A ("retry"): masked_setup + masked_contribute + retry_unmask (+ masked_sum).
+Mode B ("secagg+"): masked_setup + masked_contribute + plus_shares + plus_unmask (+ masked_sum). Every mode: hello,
 commit, catchup. A message of the current round goes to ``current[type]`` (handlers run in order);
 one of the round before (or the last round, once done) to ``previous[type]``: slower peers still need
 our COMMIT, our contribution or our reveal. Types not listed are ignored.
@@ -24,7 +24,7 @@ from fednode.gossip.stages.masked_contribute import MaskedContribute
 from fednode.gossip.stages.masked_setup import MaskedSetup
 from fednode.gossip.stages.plus_shares import PlusContributor
 from fednode.gossip.stages.plus_unmask import PlusAggregator
-from fednode.gossip.stages.retry_unmask import RetryAggregator, RetryContributor
+from fednode.gossip.stages.retry_unmask import RetryAggregator
 from fednode.gossip.state import Concluded, RoundState
 from fednode.security.envelope import Message, MsgType
 
@@ -43,8 +43,8 @@ class Stages:
     """Entering AGGREGATE once the edges are known (may conclude at once)."""
     current: Routes
     previous: Routes
-    contributor: Any = None
-    """Secure aggregation: ``answer_setup`` (also for SETUPs kept until the local step is done)."""
+    answer_setup: Handler | None = None
+    """Secure aggregation: a SETUP/RETRY (also one kept until the local step was done)."""
     late_edge: Callable[[RoundState, bytes, int, float, list[Action]], None] | None = None
     """Plaintext: serve an edge found after the contributions went out."""
 
@@ -68,17 +68,24 @@ def build_stages(ctx: NodeContext) -> Stages:
     setup = MaskedSetup(ctx)
     masked = MaskedContribute(ctx, setup)
     agg: RetryAggregator | PlusAggregator
-    con: RetryContributor | PlusContributor
+    con: MaskedContribute | PlusContributor
     if ctx.plus:
         agg, con = PlusAggregator(ctx, setup), PlusContributor(ctx, setup, masked)
     else:
-        agg, con = RetryAggregator(ctx, setup), RetryContributor(ctx, setup, masked)
-    current = {MsgType.SETUP: (con.answer_setup,), MsgType.RETRY: (con.answer_setup,),
+        agg, con = RetryAggregator(ctx, setup), masked
+
+    def answer_setup(rnd: RoundState, msg: Message, now: float, out: list[Action]) -> None:
+        """Contributor: check the aggregator's request, then mask (mode A) or share secrets (mode B)."""
+        req = setup.check(rnd, msg, now, out)
+        if req is not None:
+            con.on_setup(rnd, req, now, out)
+
+    current = {MsgType.SETUP: (answer_setup,), MsgType.RETRY: (answer_setup,),
                MsgType.UNMASK: (con.answer_unmask,), MsgType.CONTRIBUTE: (agg.on_contribution,),
                MsgType.REVEAL: (agg.on_reveal,), MsgType.COMMIT: (commit.on_commit,)}
-    previous = {MsgType.SETUP: (con.answer_setup,), MsgType.RETRY: (con.answer_setup,),
+    previous = {MsgType.SETUP: (answer_setup,), MsgType.RETRY: (answer_setup,),
                 MsgType.UNMASK: (con.answer_unmask,), MsgType.COMMIT: (commit.on_previous,)}
     if isinstance(agg, PlusAggregator) and isinstance(con, PlusContributor):
         current[MsgType.SHARES] = (agg.on_shares,)
         current[MsgType.RELAY] = previous[MsgType.RELAY] = (con.on_relay,)
-    return Stages(hello, commit, catchup, agg, agg.start, current, previous, contributor=con)
+    return Stages(hello, commit, catchup, agg, agg.start, current, previous, answer_setup=answer_setup)

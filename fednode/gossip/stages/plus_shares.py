@@ -31,12 +31,8 @@ class PlusContributor:
         self.setup = setup
         self.contribute = contribute
 
-    def answer_setup(self, rnd: RoundState, msg: Message, now: float, out: list[Action]) -> None:
-        req = self.setup.check(rnd, msg, now, out)
-        if req is not None:
-            self._share_secrets(rnd, req, now, out)
-
-    def _share_secrets(self, rnd: RoundState, req: SetupRequest, now: float, out: list[Action]) -> None:
+    def on_setup(self, rnd: RoundState, req: SetupRequest, now: float, out: list[Action]) -> None:
+        """SHARES to the aggregator: our secrets, t-of-|U| shared, one sealed bundle per other contributor."""
         ctx, agg, msg, keys = self.ctx, req.aggregator, req.msg, req.keys
         others = req.members - {ctx.me}
         if not all(p in keys and keys[p].cpk is not None for p in others):

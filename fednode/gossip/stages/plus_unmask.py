@@ -14,7 +14,7 @@ from fednode.gossip import secagg
 from fednode.gossip.context import NodeContext
 from fednode.gossip.events import Action, Log
 from fednode.gossip.stages.masked_setup import MaskedSetup
-from fednode.gossip.stages.retry_unmask import conclude_sum
+from fednode.gossip.stages.masked_sum import conclude_sum
 from fednode.gossip.state import AGGREGATE, Concluded, RoundState
 from fednode.security.envelope import Message, MsgType, Reject
 from fednode.security.kdf import EpochKeys, KeyAgreementError, mask_seed

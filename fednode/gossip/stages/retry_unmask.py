@@ -1,13 +1,11 @@
-"""Mode A ("retry"): collect one complete masked attempt, UNMASK it, or re-mask over the survivors.
+"""Mode A ("retry"), aggregator side: collect one complete masked attempt, UNMASK it, or re-mask.
 
-Aggregator: once every y of attempt a is in, UNMASK(a, U) -> each j reveals b_j^a -> S_i = dec(sum y -
+Once every y of attempt a is in, UNMASK(a, U) -> each j reveals b_j^a -> S_i = dec(sum y -
 sum PRG(b^a)), checked for plausibility (PROTOCOL §3 step 9). A missing contribution makes a RETRY over
 the survivors (fresh seeds and self-masks); the dangling attempt is never unmasked. A missing reveal
 is retried only when its sender is gone (its reveal can never arrive); otherwise the round aborts,
 since a slow reveal arriving after a retry would expose a difference.
-
-Contributor: reveals b^a only for the attempt it answered last, and after revealing answers no later
-attempt of that aggregator in this round, so an aggregator can unmask at most one attempt per round.
+The contributor side (reveal b^a for the attempt answered last only) is in ``masked_contribute``.
 """
 
 from __future__ import annotations
@@ -15,24 +13,10 @@ from __future__ import annotations
 from fednode.gossip import secagg
 from fednode.gossip.context import NodeContext
 from fednode.gossip.events import Action, Log
-from fednode.gossip.inbox import peer_set
-from fednode.gossip.stages.masked_contribute import MaskedContribute
+from fednode.gossip.stages.masked_sum import conclude_sum
 from fednode.gossip.stages.masked_setup import MaskedSetup
 from fednode.gossip.state import AGGREGATE, Concluded, RoundState
 from fednode.security.envelope import Message, MsgType, Reject
-
-
-def conclude_sum(ctx: NodeContext, rnd: RoundState, ring_total, out: list[Action]) -> Concluded:
-    """Decode S_i over the attempt's set; an implausible sum is discarded (abort), never mixed."""
-    members = sorted(rnd.masked.members)
-    weight_sum = sum(rnd.exchange.edges[p] for p in members)
-    rnd.masked.digest, total = secagg.open_sum(ring_total, weight_sum, bound=ctx.config.max_abs or secagg.B_MAX,
-                                               n=len(members))
-    if total is None:
-        out.append(Log("warning", f"round {rnd.number}: unmasked sum fails the plausibility check; discarded"))
-        return Concluded(frozenset(), "implausible_sum")
-    rnd.masked.total = total
-    return Concluded(frozenset(rnd.masked.members))
 
 
 class RetryAggregator:
@@ -104,32 +88,3 @@ class RetryAggregator:
 
     def deadline(self, rnd: RoundState) -> float | None:
         return rnd.masked.reveal_deadline if rnd.masked.unmask_sent else rnd.exchange.deadline
-
-
-class RetryContributor:
-    def __init__(self, ctx: NodeContext, setup: MaskedSetup, contribute: MaskedContribute) -> None:
-        self.ctx = ctx
-        self.setup = setup
-        self.contribute = contribute
-
-    def answer_setup(self, rnd: RoundState, msg: Message, now: float, out: list[Action]) -> None:
-        req = self.setup.check(rnd, msg, now, out)
-        if req is not None:
-            self.contribute.send(rnd, msg, req.aggregator, req.attempt, req.members,
-                                 {p: k.epk for p, k in req.keys.items()}, req.weight, now, out)
-
-    def answer_unmask(self, rnd: RoundState, msg: Message, now: float, out: list[Action]) -> None:
-        """Reveal b^a only for the attempt we answered last; older attempts stay dangling forever."""
-        agg, mine = msg.sender, rnd.contributor
-        answered = mine.answered.get(agg)
-        if answered is None or answered[0] != msg.attempt or peer_set(msg, "u") != answered[1]:
-            self.ctx.inbox.reject(out, Reject("bad_unmask", sender=agg, detail="not the attempt we contributed to last"))
-            return
-        seed = mine.self_masks.get((agg, msg.attempt))
-        if seed is None:
-            return
-        mine.revealed[agg] = msg.attempt
-        for key in [k for k in mine.self_masks if k[0] == agg and k[1] != msg.attempt]:
-            del mine.self_masks[key]
-        self.ctx.outbox.post(out, MsgType.REVEAL, agg, rnd.number, now, "reveal", attempt=msg.attempt,
-                             meta={"b": seed})
