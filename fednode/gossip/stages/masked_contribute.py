@@ -83,7 +83,8 @@ class MaskedContribute:
         agg, mine = msg.sender, rnd.contributor
         answered = mine.answered.get(agg)
         if answered is None or answered[0] != msg.attempt or peer_set(msg, "u") != answered[1]:
-            self.ctx.inbox.reject(out, Reject("bad_unmask", sender=agg, detail="not the attempt we contributed to last"))
+            self.ctx.inbox.reject(out, Reject("bad_unmask", sender=agg,
+                                              detail="not the attempt we contributed to last"))
             return
         seed = mine.self_masks.get((agg, msg.attempt))
         if seed is None:

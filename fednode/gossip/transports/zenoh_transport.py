@@ -287,7 +287,10 @@ class ZenohTransport:
 
 
 # the settings and the read-only clients live in modules of their own; importable from here as before
-from fednode.gossip.transports.zenoh_observer import ZenohObserver, ZenohTap, list_status  # noqa: E402
+from fednode.gossip.transports.zenoh_observer import (  # noqa: E402,F401
+    ZenohObserver, ZenohTap, _PassiveSession, list_status)
+from fednode.gossip.transports.zenoh_settings import (  # noqa: E402,F401
+    _ENDPOINT, _check_endpoint, _check_multicast_address)
 
 __all__ = ["TransportError", "ZenohObserver", "ZenohSettings", "ZenohTap", "ZenohTransport", "list_status",
            "open_session"]
