@@ -20,6 +20,15 @@ from fednode.security.kdf import EpochKeys
 TRAIN, AGGREGATE, COMMITTING, SYNC, DONE = "train", "aggregate", "commit", "sync", "done"
 """The driver's phases (:attr:`GossipNode.phase`); the runtime and dashboard show them."""
 
+PHASE_TRANSITIONS: dict[str, frozenset[str]] = {
+    SYNC: frozenset({TRAIN, DONE}),                      # model reply or t_sync: start the federation's round
+    TRAIN: frozenset({TRAIN, AGGREGATE, SYNC, DONE}),    # edges known; or abort/skip-ahead to the next round
+    AGGREGATE: frozenset({COMMITTING, SYNC}),            # U_i fixed (maybe empty); far-ahead HELLO: resync
+    COMMITTING: frozenset({TRAIN, SYNC, DONE}),          # round mixed or aborted -> next round
+    DONE: frozenset({SYNC, DONE}),                       # keeps answering; a far-ahead HELLO still resyncs
+}
+"""Every phase change the driver makes (tests/test_stages.py checks it over simulated federations)."""
+
 
 @dataclass
 class NodeStats:
