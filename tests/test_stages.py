@@ -69,12 +69,15 @@ def _calls(path: Path, names: set[str]) -> list[str]:
 
 def test_sealing_opening_and_mixing_each_live_in_one_module() -> None:
     gossip = sorted(p for p in (PKG / "gossip").rglob("*.py") if "transports" not in p.parts)
-    where = {name: sorted(str(p.relative_to(PKG)) for p in gossip if name in _calls(p, {name}))
-             for name in ("seal", "open_envelope", "mix", "clipped_gossip", "trimmed_mean", "coordinate_median")}
-    assert where["seal"] == ["gossip/outbox.py", "gossip/status.py"]  # the round's messages; signed STATUS
-    assert where["open_envelope"] == ["gossip/inbox.py", "gossip/secagg.py", "gossip/status.py"]  # + relayed HELLOs
+    names = ("seal", "open_envelope", "mix", "clipped_gossip", "trimmed_mean", "coordinate_median")
+    where = {name: sorted(str(p.relative_to(PKG)) for p in gossip if name in _calls(p, {name})) for name in names}
+    assert where["seal"] == ["gossip/status.py"]  # the signed STATUS; round messages go through the codec
+    assert where["open_envelope"] == ["gossip/secagg.py", "gossip/status.py"]  # relayed HELLOs; STATUS
     for rule in ("mix", "clipped_gossip", "trimmed_mean", "coordinate_median"):
         assert where[rule] == ["gossip/mix.py"], (rule, where[rule])
+    codec = {op: sorted(str(p.relative_to(PKG)) for p in gossip if f"codec.{op}(" in p.read_text(encoding="utf-8"))
+             for op in ("seal", "open")}
+    assert codec == {"seal": ["gossip/outbox.py"], "open": ["gossip/inbox.py"]}
 
 
 def test_no_module_over_the_size_limit() -> None:

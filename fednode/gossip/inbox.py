@@ -11,7 +11,8 @@ from fednode.gossip.config import RoundConfig
 from fednode.gossip.events import Action, Rejected
 from fednode.gossip.state import NodeStats
 from fednode.security.arrays import ModelSpec
-from fednode.security.envelope import Message, MsgType, Reject, VerifyContext, open_envelope
+from fednode.security.codec import SIGNED, EnvelopeCodec
+from fednode.security.envelope import Message, MsgType, Reject, VerifyContext
 from fednode.security.identity import AllowList
 from fednode.security.replay import OffenderTracker, ReplayGuard
 
@@ -20,8 +21,9 @@ class Inbox:
     """Opens envelopes for one node: signature, admission, round window, replay, layout and bounds."""
 
     def __init__(self, me: bytes, allow_list: AllowList, config: RoundConfig, spec: ModelSpec,
-                 stats: NodeStats) -> None:
+                 stats: NodeStats, codec: EnvelopeCodec = SIGNED) -> None:
         self.me = me
+        self.codec = codec
         self.allow_list = allow_list
         self.config = config
         self.spec = spec
@@ -48,7 +50,7 @@ class Inbox:
             rounds_behind=cfg.rounds_behind, rounds_ahead=cfg.rounds_ahead,
             timestamp_window_ms=int(cfg.timestamp_window_s * 1000),
             max_message_bytes=cfg.max_message_bytes, max_abs=cfg.max_abs, offenders=self.offenders)
-        return open_envelope(data, ctx)
+        return self.codec.open(data, ctx)
 
     def receive(self, out: list[Action], data: bytes, now: float, *, current_round: int,
                 syncing: bool) -> Message | None:

@@ -44,6 +44,7 @@ from fednode.gossip.state import (AGGREGATE, COMMITTING, DONE, SYNC, TRAIN, Conc
                                   RoundEnd, RoundState)
 from fednode.gossip.update import accept_local_step
 from fednode.security.arrays import Model, ModelSpec
+from fednode.security.codec import SIGNED, EnvelopeCodec
 from fednode.security.envelope import Message, MsgType
 from fednode.security.identity import AllowList, Identity
 from fednode.security.noise import make_rng
@@ -56,9 +57,12 @@ class GossipNode:
     def __init__(self, identity: Identity, allow_list: AllowList, spec: ModelSpec, model: Model,
                  config: RoundConfig, *, overlay: Overlay | None = None, start_round: int = 0,
                  members: Iterable[bytes] = (), nonce_source: Callable[[int], bytes] = os.urandom,
-                 joining: bool = False) -> None:
+                 joining: bool = False, codec: EnvelopeCodec = SIGNED) -> None:
         if not spec.matches(model):
             raise ValueError("initial model does not match the model spec")
+        if not codec.signed and config.secure:  # relayed HELLOs are verified by third parties: keys need signatures
+            raise ValueError("unsigned envelopes (simulator fast mode) cannot run secure aggregation")
+        self.codec = codec
         self.identity = identity
         self.me = identity.peer_id
         self.allow_list = allow_list
@@ -69,8 +73,9 @@ class GossipNode:
         self.model: Model = {k: np.array(v, copy=True) for k, v in model.items()}
         self.stats = NodeStats()
         self.ctx = ctx = NodeContext(
-            identity, allow_list, spec, config, self.stats, Outbox(identity, config, spec, self.stats, nonce_source),
-            Inbox(self.me, allow_list, config, spec, self.stats),
+            identity, allow_list, spec, config, self.stats,
+            Outbox(identity, config, spec, self.stats, nonce_source, codec),
+            Inbox(self.me, allow_list, config, spec, self.stats, codec),
             members={m for m in members if m != self.me and m in allow_list}, phase=SYNC if joining else TRAIN,
             dp_rng=make_rng() if config.dp_distributed is not None else None)
         self._prev: RoundState | None = None

@@ -3,7 +3,8 @@
 Cheap structural checks first (size, bounded msgpack, exact header types), so an unauthenticated
 peer can only make us parse bounded msgpack; nothing in the header is acted on before the signature
 verified; the replay guard records a message only once it is accepted. :func:`check` may raise on a
-bug; ``open_envelope`` turns that into the ``internal`` reject.
+bug; ``open_envelope`` turns that into the ``internal`` reject. ``signed=False`` is the simulator's
+fast mode (:mod:`fednode.security.codec`): every check but the signature and the payload hash.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from cryptography.exceptions import InvalidSignature
 
 from fednode.security.arrays import decode_arrays
 from fednode.security.envelope import (ATTRIBUTABLE_REASONS, ID_BYTES, MAX_HEADER_BYTES, PROTOCOL_VERSION,
-                                       SIG_BYTES, SIG_DOMAIN, Message, Reject, VerifyContext, _parse_header,
-                                       _unpack_header)
+                                       SIG_BYTES, SIG_DOMAIN, Header, Message, Reject, VerifyContext,
+                                       _parse_header, _unpack_header)
 
 
 def _float_checks(arrays: Mapping[str, np.ndarray], ctx: VerifyContext) -> tuple[str, str] | None:
@@ -51,7 +52,8 @@ def _float_checks(arrays: Mapping[str, np.ndarray], ctx: VerifyContext) -> tuple
     return None
 
 
-def check(raw: bytes, ctx: VerifyContext) -> Message | Reject:
+def check(raw: bytes, ctx: VerifyContext, signed: bool = True,
+          header_cache: dict[bytes, Header] | None = None) -> Message | Reject:
     now_s = ctx.now_ms / 1000.0
     offenders = ctx.offenders
     token: list[bytes] = []
@@ -82,10 +84,11 @@ def check(raw: bytes, ctx: VerifyContext) -> Message | Reject:
         return Reject("oversize", f"header of {len(header_bytes)} bytes")
     if len(sig) != SIG_BYTES:
         return Reject("malformed", "signature length")
-    signed = SIG_DOMAIN + header_bytes
-    header = _parse_header(header_bytes)
+    to_verify = SIG_DOMAIN + header_bytes
+    cached = None if header_cache is None else header_cache.pop(header_bytes, None)
+    header = _parse_header(header_bytes) if cached is None else cached
     if isinstance(header, str):
-        signer = _signer_of_malformed(header_bytes, signed, sig, ctx, now_s)
+        signer = _signer_of_malformed(header_bytes, to_verify, sig, ctx, now_s, signed)
         if signer is None:
             return Reject("malformed", header)
         token.append(hashlib.sha256(header_bytes).digest())
@@ -99,13 +102,14 @@ def check(raw: bytes, ctx: VerifyContext) -> Message | Reject:
     if offenders is not None and offenders.is_banned(sender, now_s):
         return Reject("banned", sender.hex()[:12])
     try:
-        public_key.verify(sig, signed)
+        if signed:
+            public_key.verify(sig, to_verify)
     except InvalidSignature:
         return Reject("bad_signature", sender.hex()[:12])
     token.append(hashlib.sha256(header_bytes).digest())  # identifies this signed message (payload via its hash)
 
     # 6. the payload is the one the sender signed
-    if hashlib.sha256(payload).digest() != header.payload_sha256:
+    if signed and hashlib.sha256(payload).digest() != header.payload_sha256:
         return blame("payload_hash", "", sender)
 
     # 7. protocol, federation, addressing, freshness, replay
@@ -153,8 +157,8 @@ def check(raw: bytes, ctx: VerifyContext) -> Message | Reject:
     return Message(header, arrays)
 
 
-def _signer_of_malformed(header_bytes: bytes, signed: bytes, sig: bytes, ctx: VerifyContext,
-                         now_s: float) -> bytes | None:
+def _signer_of_malformed(header_bytes: bytes, to_verify: bytes, sig: bytes, ctx: VerifyContext,
+                         now_s: float, signed: bool = True) -> bytes | None:
     """The admitted sender that really signed a malformed header (so it can be blamed), else None."""
     try:
         h = _unpack_header(header_bytes)
@@ -167,7 +171,8 @@ def _signer_of_malformed(header_bytes: bytes, signed: bytes, sig: bytes, ctx: Ve
     if public_key is None or (ctx.offenders is not None and ctx.offenders.is_banned(sender, now_s)):
         return None
     try:
-        public_key.verify(sig, signed)
+        if signed:
+            public_key.verify(sig, to_verify)
     except InvalidSignature:
         return None
     return sender
