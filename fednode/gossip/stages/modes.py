@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
 from fednode.gossip.context import NodeContext
 from fednode.gossip.events import Action
@@ -32,13 +32,20 @@ Handler = Callable[[RoundState, Message, float, list[Action]], None]
 Routes = dict[MsgType, tuple[Handler, ...]]
 
 
+class Aggregation(Protocol):
+    """The stage that runs AGGREGATE: collect (plaintext), retry_unmask (mode A) or plus_unmask (mode B)."""
+
+    def advance(self, rnd: RoundState, now: float, out: list[Action]) -> Concluded | None: ...
+
+    def deadline(self, rnd: RoundState) -> float | None: ...
+
+
 @dataclass
 class Stages:
     hello: HelloStage
     commit: CommitStage
     catchup: CatchUp
-    aggregator: Any
-    """Runs AGGREGATE: ``advance(rnd, now, out) -> Concluded | None`` and ``deadline(rnd)``."""
+    aggregator: Aggregation
     start_exchange: Callable[[RoundState, float, list[Action]], Concluded | None]
     """Entering AGGREGATE once the edges are known (may conclude at once)."""
     current: Routes
