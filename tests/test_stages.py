@@ -84,4 +84,4 @@ def test_no_module_over_the_size_limit() -> None:
     sizes = {str(p.relative_to(PKG)): len(p.read_text(encoding="utf-8").splitlines()) for p in PKG.rglob("*.py")}
     gossip = {k: v for k, v in sizes.items() if k.startswith("gossip/")}
     assert max(gossip.values()) <= 400, sorted(gossip.items(), key=lambda kv: -kv[1])[:3]
-    assert max(sizes.values()) <= 460, sorted(sizes.items(), key=lambda kv: -kv[1])[:3]
+    assert max(sizes.values()) <= 450, sorted(sizes.items(), key=lambda kv: -kv[1])[:3]  # the house hard limit
