@@ -19,13 +19,13 @@ PKG = Path(__file__).resolve().parent.parent / "fednode"
 
 def _record_transitions(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     seen: list[tuple[str, str]] = []
-    prop = round_mod.GossipNode.phase
+    enter = round_mod.GossipNode._enter
 
-    def setter(self, value: str) -> None:
-        seen.append((self.ctx.phase, value))
-        prop.fset(self, value)
+    def recording(self, phase: str) -> None:
+        seen.append((self.ctx.phase, phase))
+        enter(self, phase)
 
-    monkeypatch.setattr(round_mod.GossipNode, "phase", property(prop.fget, setter))
+    monkeypatch.setattr(round_mod.GossipNode, "_enter", recording)
     return seen
 
 

@@ -97,7 +97,11 @@ class GossipNode:
 
     @phase.setter
     def phase(self, value: str) -> None:
-        self.ctx.phase = value
+        self._enter(value)
+
+    def _enter(self, phase: str) -> None:
+        """Every phase change goes through here (the table is ``state.PHASE_TRANSITIONS``)."""
+        self.ctx.phase = phase
 
     @property
     def members(self) -> set[bytes]:
@@ -118,7 +122,7 @@ class GossipNode:
         self._started = True
         self._now = now
         out: list[Action] = []
-        if self.phase == SYNC:
+        if self.ctx.phase == SYNC:
             self.catchup.begin(self.round_number, now, out)
         else:
             self._begin_round(self.round_number, now, out)
@@ -133,12 +137,12 @@ class GossipNode:
             self._on_bytes(event.data, now, out)
         elif isinstance(event, PeerJoined):
             if event.peer != self.me and event.peer in self.allow_list:
-                self.members.add(event.peer)
-                if self.phase == SYNC and self._started and self.catchup.state.target is None:
+                self.ctx.members.add(event.peer)
+                if self.ctx.phase == SYNC and self._started and self.catchup.state.target is None:
                     self.catchup.ask_any(self.round_number, now, out)
         elif isinstance(event, PeerLeft):
-            self.members.discard(event.peer)
-            for rnd in (self._cur, self._prev):
+            self.ctx.members.discard(event.peer)
+            for rnd in (self.ctx.current, self._prev):
                 if rnd is not None:
                     rnd.gone.add(event.peer)
         elif isinstance(event, LocalStepDone):
@@ -160,18 +164,18 @@ class GossipNode:
     def _begin_round(self, number: int, now: float, out: list[Action], *, step_round: int | None = None,
                      half: Model | None = None) -> None:
         if self.config.max_rounds is not None and number >= self.config.max_rounds:
-            self.phase = DONE
+            self._enter(DONE)
             self.round_number = number
             out.append(Finished(number))
             return
-        self._prev = self._cur
+        self._prev = self.ctx.current
         self.round_number = number
-        proposed = self.overlay.neighbours(self.me, self.members, number)
+        proposed = self.overlay.neighbours(self.me, self.ctx.members, number)
         rnd = RoundState(number=number, started=now, base=self.model, proposed=frozenset(proposed),
                          step_round=number if step_round is None else step_round,
                          hello=HelloState(deadline=now + self.config.t_hello))
         self.ctx.current = rnd
-        self.phase = TRAIN
+        self._enter(TRAIN)
         self.hello.send(rnd, now, out)
         if half is not None:
             rnd.half = half
@@ -212,8 +216,8 @@ class GossipNode:
         self._begin_round(rnd.number + 1, now, out)
 
     def _on_local_step(self, event: LocalStepDone, out: list[Action]) -> None:
-        rnd = self._cur
-        if rnd is None or self.phase != TRAIN or event.round != rnd.step_round or rnd.half is not None:
+        rnd = self.ctx.current
+        if rnd is None or self.ctx.phase != TRAIN or event.round != rnd.step_round or rnd.half is not None:
             return  # a step for a round we left (resync) or a duplicate
         half, reason = accept_local_step(self.spec, rnd.base, event.model, self.config.update_clip)
         rnd.step_done_at = event.now
@@ -232,21 +236,21 @@ class GossipNode:
     def _advance(self, now: float, out: list[Action]) -> None:
         """Move the current round forward as far as the known facts allow."""
         for _ in range(8):  # a handful of phase transitions per event at most
-            before = (self.phase, self.round_number)
+            before = (self.ctx.phase, self.round_number)
             self._step(now, out)
-            if (self.phase, self.round_number) == before or self.phase == DONE:
+            if (self.ctx.phase, self.round_number) == before or self.ctx.phase == DONE:
                 return
 
     def _step(self, now: float, out: list[Action]) -> None:
-        rnd = self._cur
-        if self.phase == SYNC:
+        rnd = self.ctx.current
+        if self.ctx.phase == SYNC:
             target = self.catchup.due(self.round_number, now, out)
             if target is not None:
                 self._begin_round(target, now, out)
             return
         if rnd is None:
             return
-        if self.phase == TRAIN:
+        if self.ctx.phase == TRAIN:
             edges = self.hello.advance(rnd, now, out)
             if edges is None:
                 return
@@ -257,11 +261,11 @@ class GossipNode:
                 return
             rnd.exchange.edges = edges
             rnd.exchange.contributed_at = now
-            self.phase = AGGREGATE
+            self._enter(AGGREGATE)
             self._conclude(rnd, self.stages.start_exchange(rnd, now, out), now, out)
-        elif self.phase == AGGREGATE:
+        elif self.ctx.phase == AGGREGATE:
             self._conclude(rnd, self.aggregator.advance(rnd, now, out), now, out)
-        elif self.phase == COMMITTING:
+        elif self.ctx.phase == COMMITTING:
             end = self.commit.advance(rnd, now, out)
             if end is not None:
                 self._end_round(rnd, now, out, end)
@@ -269,16 +273,16 @@ class GossipNode:
     def _conclude(self, rnd: RoundState, result: Concluded | None, now: float, out: list[Action]) -> None:
         if result is not None:
             self.commit.enter(rnd, result.used, result.abort, now, out)
-            self.phase = COMMITTING
+            self._enter(COMMITTING)
 
     # ------------------------------------------------------------------ routing
 
     def _on_bytes(self, data: bytes, now: float, out: list[Action]) -> None:
-        msg = self.ctx.inbox.receive(out, data, now, current_round=self.round_number, syncing=self.phase == SYNC)
+        msg = self.ctx.inbox.receive(out, data, now, current_round=self.round_number, syncing=self.ctx.phase == SYNC)
         if msg is None or msg.sender == self.me:
             return
-        if msg.sender not in self.members:
-            self.members.add(msg.sender)  # a verified message proves liveness and admission
+        if msg.sender not in self.ctx.members:
+            self.ctx.members.add(msg.sender)  # a verified message proves liveness and admission
         if self.ctx.secure and msg.msg_type == MsgType.HELLO:
             self.ctx.hello_raw.setdefault((msg.round, msg.sender), data)
         self._dispatch(msg, now, out)
@@ -293,21 +297,21 @@ class GossipNode:
             return
         if t == MsgType.STATUS:
             return
-        if self.phase == SYNC:
+        if self.ctx.phase == SYNC:
             if t == MsgType.HELLO:
                 self.catchup.on_hello(msg, self.round_number, now, out)
             return
         r = msg.round
         if r > self.round_number:
-            if t == MsgType.HELLO and self.catchup.should_jump(msg, self.round_number, self._cur):
+            if t == MsgType.HELLO and self.catchup.should_jump(msg, self.round_number, self.ctx.current):
                 self._jump(msg, now, out)
                 return
             self.catchup.buffer(msg)
             return
-        if r == self.round_number and self._cur is not None and self.phase != DONE:
-            self._on_current(self._cur, msg, now, out)
+        if r == self.round_number and self.ctx.current is not None and self.ctx.phase != DONE:
+            self._on_current(self.ctx.current, msg, now, out)
         else:
-            for old in (self._cur if self.phase == DONE else None, self._prev):
+            for old in (self.ctx.current if self.ctx.phase == DONE else None, self._prev):
                 if old is not None and r == old.number:
                     for handler in self.stages.previous.get(t, ()):  # slower peers still need our answers
                         handler(old, msg, now, out)
@@ -328,10 +332,10 @@ class GossipNode:
         """Far ahead: resync by model fetch. A little behind: skip ahead keeping our model, reusing the
         local step already under way."""
         gap = msg.round - self.round_number
-        rnd = self._cur
+        rnd = self.ctx.current
         if gap > self.config.rounds_ahead:
             self.stats.resyncs += 1
-            self.phase = SYNC
+            self._enter(SYNC)
             self.catchup.request(msg.sender, msg.round, self.round_number, now, out)
             return
         out.append(Log("info", f"behind by {gap} round(s): skipping to round {msg.round}"))
@@ -340,11 +344,11 @@ class GossipNode:
         if rnd is not None:
             self.stats.aborts["behind"] += 1
         self._begin_round(msg.round, now, out, step_round=step_round if half is None else None, half=half)
-        if self._cur is not None and self._cur.number == msg.round:
-            self._on_current(self._cur, msg, now, out)
+        if self.ctx.current is not None and self.ctx.current.number == msg.round:
+            self._on_current(self.ctx.current, msg, now, out)
 
     def _on_model_reply(self, msg: Message, now: float, out: list[Action]) -> None:
-        if self.phase != SYNC:
+        if self.ctx.phase != SYNC:
             return
         self._prev = None
         number, adopted = self.catchup.on_reply(msg, self.round_number, out)
@@ -355,16 +359,16 @@ class GossipNode:
     # ------------------------------------------------------------------ timers
 
     def _deadline(self) -> float | None:
-        rnd = self._cur
-        if self.phase == SYNC:
+        rnd = self.ctx.current
+        if self.ctx.phase == SYNC:
             return self.catchup.state.deadline
-        if rnd is None or self.phase == DONE:
+        if rnd is None or self.ctx.phase == DONE:
             return None
-        if self.phase == TRAIN:
+        if self.ctx.phase == TRAIN:
             return self.hello.deadline(rnd, self._now)
-        if self.phase == AGGREGATE:
+        if self.ctx.phase == AGGREGATE:
             return self.aggregator.deadline(rnd)
-        if self.phase == COMMITTING:
+        if self.ctx.phase == COMMITTING:
             return self.commit.deadline(rnd)
         return None
 
