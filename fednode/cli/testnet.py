@@ -20,6 +20,8 @@ def cmd_testnet(args: argparse.Namespace) -> int:
     for name in _PASS_THROUGH:  # round parameters every node gets (README "The testnet")
         setattr(opts, name, getattr(args, name))
     opts.check()
+    from fednode.testnet.adversary import apply_cli
+    apply_cli(opts, args)
     if args.tui:
         from fednode.testnet.launcher import run_testnet_with_dashboard
         report = run_testnet_with_dashboard(opts)
@@ -69,6 +71,8 @@ def register(sub) -> None:
                    help="a fresh node waits this long for all peers before round 0 (default 60 + 2 per node)")
     p.add_argument("--stagger", dest="stagger_s", type=float, default=0.0,
                    help="seconds between two node launches (large testnets on few cores)")
+    from fednode.testnet.adversary import register_flags
+    register_flags(p)
     p.set_defaults(func=cmd_testnet)
 
 

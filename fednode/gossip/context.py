@@ -31,6 +31,7 @@ class NodeContext:
     phase: str
     current: RoundState | None = None
     dp_rng: Any = None
+    contribution_filter: Any = None   # mix.ContributionFilter: the runtime's validation-score filter, or None
     hello_raw: dict[tuple[int, bytes], bytes] = field(default_factory=dict)   # (round, sender) -> signed HELLO
     relayed_ok: dict[bytes, secagg.RelayedKey] = field(default_factory=dict)  # sha256(raw) -> verified key
 

@@ -37,6 +37,7 @@ from fednode.gossip.context import NodeContext
 from fednode.gossip.events import (Abort, Action, Commit, Event, Finished, LocalStepDone, Log, MessageReceived,
                                    PeerJoined, PeerLeft, RoundStats, SetTimer, StartLocalStep, TimerFired)
 from fednode.gossip.inbox import Inbox
+from fednode.gossip.mix import ContributionFilter
 from fednode.gossip.outbox import Outbox
 from fednode.gossip.overlay import Overlay, RandomRegularOverlay
 from fednode.gossip.stages.modes import build_stages
@@ -106,6 +107,16 @@ class GossipNode:
     @property
     def members(self) -> set[bytes]:
         return self.ctx.members
+
+    @property
+    def contribution_filter(self) -> ContributionFilter | None:
+        """Validation-score filter, injected by the runtime when ``config.validation_filter`` (plaintext
+        only): (own x^{r+1/2}, neighbours' models, W_ij) -> the weights to mix with (:mod:`~fednode.gossip.mix`)."""
+        return self.ctx.contribution_filter
+
+    @contribution_filter.setter
+    def contribution_filter(self, value: ContributionFilter | None) -> None:
+        self.ctx.contribution_filter = value
 
     @property
     def _cur(self) -> RoundState | None:

@@ -107,6 +107,9 @@ class Testnet:
 
     def prepare(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        from fednode.testnet.adversary import byzantine_indices, check_options, node_config
+        check_options(self.opts)
+        self.attackers = byzantine_indices(self.opts.nodes, self.opts.byzantine, self.opts.seed)
         allow = AllowList()
         idents = []
         for i in range(self.opts.nodes):
@@ -138,6 +141,7 @@ class Testnet:
                              secure_aggregation=self.opts.secure_aggregation, dp=self.opts.dp,
                              dp_noise_multiplier=self.opts.dp_noise_multiplier, dp_clip=self.opts.dp_clip,
                              dp_epsilon=self.opts.dp_epsilon, dp_delta=self.opts.dp_delta).validate()
+            cfg = node_config(self.opts, cfg, i, self.attackers)
             cfg_path = d / "config.toml"
             cfg_path.write_text(cfg.to_toml())
             self.nodes.append(_Node(i, d, cfg_path, d / "node.log", ident.peer_id))

@@ -97,7 +97,8 @@ class CommitStage:
         if not final:
             return RoundEnd(rnd.half, {}, "no_mutual_use", drift)
         weights = {p: edges[p] for p in sorted(final)}
-        model = mix_neighbours(ctx.config, rnd.half, {p: rnd.exchange.contributions[p] for p in weights}, weights)
+        model = mix_neighbours(ctx.config, rnd.half, {p: rnd.exchange.contributions[p] for p in weights}, weights,
+                               ctx.contribution_filter)
         return RoundEnd(model, weights, None, drift)
 
     def deadline(self, rnd: RoundState) -> float | None:
