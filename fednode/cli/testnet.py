@@ -17,6 +17,14 @@ def cmd_testnet(args: argparse.Namespace) -> int:
                           secure_aggregation=args.secure_aggregation, dp=args.dp,
                           dp_noise_multiplier=args.dp_noise_multiplier, dp_clip=args.dp_clip,
                           dp_epsilon=args.dp_epsilon, dp_delta=args.dp_delta)
+    opts.transport = args.transport
+    if args.transport == "libp2p":
+        from fednode.cli.common import UserError
+        from fednode.gossip.transports.libp2p_settings import INSTALL_HINT, libp2p_available
+        if not libp2p_available():
+            raise UserError(INSTALL_HINT)
+        if args.tui:
+            raise UserError("the dashboard observes over Zenoh only; run the libp2p testnet without --tui")
     if args.tui:
         from fednode.testnet.launcher import run_testnet_with_dashboard
         report = run_testnet_with_dashboard(opts)
@@ -55,4 +63,6 @@ def register(sub) -> None:
                    help="budget per node at --dp-delta (calibrates the noise when no multiplier is given)")
     p.add_argument("--dp-delta", type=float, default=1e-5)
     p.add_argument("--tui", action="store_true", help="open the dashboard over the testnet (docs/dashboard.md)")
+    p.add_argument("--transport", default="zenoh", choices=["zenoh", "libp2p"],
+                   help="libp2p: nodes on fixed loopback ports, bootstrapping to nodes 0 and 1")
     p.set_defaults(func=cmd_testnet)

@@ -104,6 +104,7 @@ class Testnet:
         # a scouting port of its own: concurrent testnets on this machine never even connect to each other
         scout = self.scout = f"224.0.0.224:{20000 + secrets.randbelow(40000)}"
         allow.to_file(allow_path)
+        libp2p = _libp2p_addresses(idents) if self.opts.transport == "libp2p" else None
         for i, ident in enumerate(idents):
             d = self.workdir / f"node{i}"
             cfg = NodeConfig(federation=self.federation, state_dir=d, allow_list=allow_path,
@@ -117,7 +118,11 @@ class Testnet:
                              min_peers=self.opts.nodes - 1, lease_ms=2000,
                              secure_aggregation=self.opts.secure_aggregation, dp=self.opts.dp,
                              dp_noise_multiplier=self.opts.dp_noise_multiplier, dp_clip=self.opts.dp_clip,
-                             dp_epsilon=self.opts.dp_epsilon, dp_delta=self.opts.dp_delta).validate()
+                             dp_epsilon=self.opts.dp_epsilon, dp_delta=self.opts.dp_delta)
+            if libp2p is not None:
+                cfg.transport, cfg.libp2p_listen = "libp2p", [libp2p[i][0]]
+                cfg.bootstrap = [f"{a}/p2p/{lp}" for j, (a, lp) in enumerate(libp2p[:2]) if j != i]
+            cfg.validate()
             cfg_path = d / "config.toml"
             cfg_path.write_text(cfg.to_toml())
             self.nodes.append(_Node(i, d, cfg_path, d / "node.log", ident.peer_id))
@@ -286,6 +291,26 @@ class Testnet:
 
 class _Abort(Exception):
     pass
+
+
+def _libp2p_addresses(idents: list[Identity]) -> list[tuple[str, str]]:
+    """(listen multiaddr, libp2p peer id) per node: a free 127.0.0.1 port each, kept across restarts
+    so that peers re-dial a restarted node where it was."""
+    import socket
+
+    from fednode.gossip.transports.binding import libp2p_peer_id
+    socks = []
+    try:
+        for _ in idents:  # hold every socket until all ports are drawn: no port twice
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        ports = [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+    return [(f"/ip4/127.0.0.1/tcp/{port}", libp2p_peer_id(ident.public_key_bytes))
+            for port, ident in zip(ports, idents)]
 
 
 def _log_tail(path: Path) -> str:

@@ -39,3 +39,6 @@ class TestnetOptions:
     node_nice: int = 0
     """Run the node processes at this niceness (the dashboard's --tui mode uses 5 so that, on a small
     machine shared with N training processes, the terminal UI still gets the CPU when a key is pressed)."""
+    transport: str = "zenoh"
+    """"zenoh" (scouting on lo) or "libp2p" (each node on a fixed 127.0.0.1 port chosen by the launcher,
+    bootstrapping to nodes 0 and 1; peer exchange finds the rest)."""
