@@ -15,6 +15,7 @@ import trio
 from libp2p import create_yamux_muxer_option, new_host
 from libp2p.crypto.ed25519 import Ed25519PrivateKey
 from libp2p.crypto.keys import KeyPair
+from libp2p.network.config import ConnectionConfig
 from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
@@ -35,8 +36,10 @@ MIN_WRITE_RATE = 1 << 20
 
 def new_host_for(key_pair, listen: list[str]):
     noise = NoiseTransport(key_pair, noise_privkey=new_x25519_key_pair().private_key)
+    # the auto-connector re-dials peerstore entries to keep 100+ connections: membership dials itself
+    quiet = ConnectionConfig(auto_connect_interval=3600.0)
     return new_host(key_pair=key_pair, sec_opt={NOISE_ID: noise}, muxer_opt=create_yamux_muxer_option(),
-                    listen_addrs=[multiaddr.Multiaddr(a) for a in listen])
+                    listen_addrs=[multiaddr.Multiaddr(a) for a in listen], connection_config=quiet)
 
 
 async def write_frame(stream, kind: Kind, payload: bytes, max_bytes: int, timeout_s: float) -> None:

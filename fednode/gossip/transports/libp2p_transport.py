@@ -140,7 +140,8 @@ class Libp2pTransport:
             trio.run(self._main)
         except BaseException as exc:  # noqa: BLE001 - reported to start(), never raised on this thread
             if not self._ready.is_set():
-                self._error = explain(exc, ", ".join(self.settings.listen))
+                self._error = str(exc) if isinstance(exc, TransportError) else \
+                    explain(exc, ", ".join(self.settings.listen))
             else:
                 log.exception("libp2p event loop failed")
         finally:
@@ -148,13 +149,18 @@ class Libp2pTransport:
 
     async def _main(self) -> None:
         self._stop, self._wake = trio.Event(), trio.Event()
+        # py-libp2p listens with SO_REUSEPORT: a second host on a taken port would share it silently
+        self.settings.preflight()
         host = self._host = new_host_for(binding.libp2p_key_pair(self.settings.identity), self.settings.listen)
         host.set_stream_handler(MEMBER_PROTOCOL, self._member_stream)
         host.set_stream_handler(QUERY_PROTOCOL, self._query_stream)
         async with host.run([multiaddr.Multiaddr(a) for a in self.settings.listen]):
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                self.addrs = list(self.settings.announce) or [str(a) for a in host.get_transport_addrs()]
+                listening = [str(a) for a in host.get_transport_addrs()]
+                if len(listening) < len(self.settings.listen):  # py-libp2p only logs a failed listen
+                    raise TransportError(f"cannot listen on {', '.join(self.settings.listen)}")
+                self.addrs = list(self.settings.announce) or listening
                 for base, lp in map(split_peer_addr, self.settings.bootstrap):
                     fid = binding.fednode_id_of(lp, self.settings.allow_list)
                     if fid is not None:
