@@ -93,3 +93,38 @@ def test_a_lone_runtime_keeps_training(tmp_path):
         assert load_checkpoint(cfg.checkpoint_path).round == 3
     finally:
         hub.close()
+
+
+def test_trajectory_and_round_records_survive_a_torn_tail_and_a_restart(tmp_path):
+    import os
+
+    from fednode.node.trajectory import flatten, read_trajectory
+    ident = Identity.generate()
+    allow = AllowList()
+    allow.add(ident.public_key_bytes)
+    hub = MemoryHub()
+
+    def run(rounds: int) -> NodeRuntime:
+        cfg = NodeConfig(federation="mem", state_dir=tmp_path / "solo", rounds=rounds, t_hello=1.0, t_agg=1.0,
+                         t_commit=1.0, linger_s=0.1, record_trajectory=True)
+        cfg.state_dir.mkdir(exist_ok=True)
+        trainer = trainer_mod.Trainer(trainer_mod.resolve_task("digits"), seed=0, node_index=0, node_count=1)
+        rt = NodeRuntime(cfg, trainer=trainer, identity=ident, allow_list=allow,
+                         transport_factory=lambda **cb: MemoryTransport(hub, ident.peer_id, **cb))
+        rt.run()
+        return rt
+
+    try:
+        rt = run(3)
+        path = rt.config.trajectory_path
+        assert sorted(read_trajectory(path)) == [0, 1, 2]
+        assert all(r.t_end is not None and r.round_time_s > 0 and r.peers == () for r in rt.history)
+        os.truncate(path, path.stat().st_size - 100)  # as if SIGKILLed while writing round 2
+        assert sorted(read_trajectory(path)) == [0, 1]
+        rt = run(5)
+        got = read_trajectory(path)
+        assert sorted(got) == [0, 1, 3, 4]  # round 2 was torn; the restart resumed after its checkpoint
+        assert np.array_equal(got[4], flatten(load_checkpoint(rt.config.checkpoint_path).model))
+        assert [r.round for r in rt.history] == [0, 1, 2, 3, 4] and rt.history[0].t_end < rt.history[-1].t_end
+    finally:
+        hub.close()

@@ -1,4 +1,4 @@
-"""The ``fednode`` command line: keygen, start, status, dashboard, testnet, privacy.
+"""The ``fednode`` command line: keygen, start, status, dashboard, testnet, privacy, plot.
 
 It sits above the parts it wires together (node runtime, testnet, dashboard); nothing in
 ``fednode/`` imports it. One module per subcommand, each with a ``register(sub)``.
@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fednode.cli import keygen, observe, privacy, start, testnet
+from fednode.cli import keygen, observe, plot, privacy, start, testnet
 from fednode.cli.common import UserError, user_errors
 
 __all__ = ["UserError", "build_parser", "main"]
 
-_COMMANDS = (keygen, start, observe, testnet, privacy)
+_COMMANDS = (keygen, start, observe, testnet, privacy, plot)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,7 +17,10 @@ def cmd_testnet(args: argparse.Namespace) -> int:
                           secure_aggregation=args.secure_aggregation, dp=args.dp,
                           dp_noise_multiplier=args.dp_noise_multiplier, dp_clip=args.dp_clip,
                           dp_epsilon=args.dp_epsilon, dp_delta=args.dp_delta)
+    for name in _PASS_THROUGH:  # round parameters every node gets (README "The testnet")
+        setattr(opts, name, getattr(args, name))
     opts.transport = args.transport
+    opts.check()
     if args.transport == "libp2p":
         from fednode.cli.common import UserError
         from fednode.gossip.transports.libp2p_settings import INSTALL_HINT, libp2p_available
@@ -63,6 +66,21 @@ def register(sub) -> None:
                    help="budget per node at --dp-delta (calibrates the noise when no multiplier is given)")
     p.add_argument("--dp-delta", type=float, default=1e-5)
     p.add_argument("--tui", action="store_true", help="open the dashboard over the testnet (docs/dashboard.md)")
+    p.add_argument("--degree", type=int, default=8, help="overlay degree of every node (default 8)")
+    p.add_argument("--aggregator", default="gossip", help="gossip | clipped | trimmed_mean | median")
+    p.add_argument("--t-hello", type=float, default=5.0, help="HELLO wait of every node (s)")
+    p.add_argument("--t-agg", type=float, default=5.0, help="aggregation wait per attempt (s)")
+    p.add_argument("--t-commit", type=float, default=2.0, help="COMMIT wait (s)")
+    p.add_argument("--max-retries", type=int, default=2, help="RETRY attempts per round")
+    p.add_argument("--lease-ms", type=int, default=2000, help="liveliness lease of every node (ms)")
+    p.add_argument("--wait-peers", dest="wait_peers_s", type=float, default=None,
+                   help="a fresh node waits this long for all peers before round 0 (default 60 + 2 per node)")
+    p.add_argument("--stagger", dest="stagger_s", type=float, default=0.0,
+                   help="seconds between two node launches (large testnets on few cores)")
     p.add_argument("--transport", default="zenoh", choices=["zenoh", "libp2p"],
                    help="libp2p: nodes on fixed loopback ports, bootstrapping to nodes 0 and 1")
     p.set_defaults(func=cmd_testnet)
+
+
+_PASS_THROUGH = ("degree", "aggregator", "t_hello", "t_agg", "t_commit", "max_retries", "lease_ms",
+                 "wait_peers_s", "stagger_s")

@@ -96,6 +96,9 @@ class NodeConfig:
     linger_s: float | None = None
     """After the last round keep answering peers this long (default t_agg + t_commit)."""
     log_level: str = "info"
+    record_trajectory: bool = False
+    """Append the model after every round to <state_dir>/trajectory.bin (fednode/node/trajectory.py);
+    the testnet turns it on to report consensus disagreement per round."""
 
     # ------------------------------------------------------------------ derived paths
 
@@ -118,6 +121,10 @@ class NodeConfig:
     @property
     def status_path(self) -> Path:
         return Path(self.state_dir) / "status.json"
+
+    @property
+    def trajectory_path(self) -> Path:
+        return Path(self.state_dir) / "trajectory.bin"
 
     def round_config(self) -> RoundConfig:
         return RoundConfig(federation=self.federation, t_hello=self.t_hello, t_agg=self.t_agg,

@@ -21,7 +21,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,7 +31,9 @@ from fednode.gossip.events import (Abort, AdoptModel, Broadcast, Commit, Finishe
 from fednode.gossip.round import AGGREGATE, COMMITTING, DONE, SYNC, TRAIN, GossipNode
 from fednode.node.checkpoint import Checkpoint, atomic_write, load_checkpoint, save_checkpoint
 from fednode.node.config import NodeConfig
-from fednode.node.status import seal_status
+from fednode.node.history import RoundRecord, history_from_json, history_to_json
+from fednode.node.status import json_default, seal_status
+from fednode.node.trajectory import TrajectoryWriter
 from fednode.security.arrays import Model
 from fednode.security.identity import AllowList, Identity, short_id
 from fednode.security.ledger import PrivacyLedger, Release
@@ -57,16 +58,6 @@ def _die_now(reason: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-@dataclass
-class RoundRecord:
-    round: int
-    outcome: str
-    accuracy: float | None = None
-    loss: float | None = None
-    neighbours: int = 0
-    timings: dict[str, float] = field(default_factory=dict)
-
-
 class NodeRuntime:
     """One fednode peer. ``run()`` blocks until the configured rounds are done or ``stop()``."""
 
@@ -89,6 +80,8 @@ class NodeRuntime:
         self._deadline: float | None = None
         self._finished_at: float | None = None
         self._pending_records: dict[int, RoundRecord] = {}
+        self._bytes_base = (0, 0)  # traffic before the last restart (from the checkpoint's history)
+        self._trajectory: TrajectoryWriter | None = None
         self.timing = {"train_s": 0.0, "eval_s": 0.0, "handle_s": 0.0, "checkpoint_s": 0.0}
         # differential privacy: the ledger is loaded before anything can be released
         self.ledger: PrivacyLedger | None = None
@@ -124,11 +117,9 @@ class NodeRuntime:
             except Exception as exc:  # an optimizer mismatch is not fatal: restart the optimizer
                 log.warning("optimizer state in checkpoint not usable (%s); resetting it", exc)
         self.restarts = ckpt.restarts + 1
-        meta_history = ckpt.meta.get("history") or []
-        for item in meta_history[-200:]:
-            if isinstance(item, dict):
-                self.history.append(RoundRecord(**{k: item.get(k) for k in ("round", "outcome", "accuracy",
-                                                                            "loss", "neighbours")}))
+        self.history.extend(history_from_json(ckpt.meta.get("history") or [], ckpt.meta.get("history_peers")))
+        last = next((r for r in reversed(self.history) if r.bytes_sent is not None), None)
+        self._bytes_base = (last.bytes_sent, last.bytes_received or 0) if last else (0, 0)
         log.info("resuming from checkpoint: round %d (restart #%d)", ckpt.round, self.restarts)
         return ckpt.round, ckpt.model, True
 
@@ -139,6 +130,8 @@ class NodeRuntime:
         # persist the restart count at once, so a crash loop is visible in the report
         if resumed:
             self._save_checkpoint(self.machine.round, self.machine.model)
+        if self.config.record_trajectory:
+            self._trajectory = TrajectoryWriter(self.config.trajectory_path, self.trainer.model_spec.size)
         # compile before announcing ourselves: peers would otherwise wait on our first step's JIT compile
         warmup = getattr(self.trainer, "warmup", None)
         if warmup is not None:
@@ -177,6 +170,8 @@ class NodeRuntime:
             try:
                 self._write_status_file()
             finally:
+                if self._trajectory is not None:
+                    self._trajectory.close()
                 if self.transport is not None:
                     self.transport.close()
         return 0
@@ -350,15 +345,19 @@ class NodeRuntime:
         s = action.stats
         timings = {"total": s.total_s, "train": s.local_step_s, "hello": s.hello_wait_s,
                    "aggregate": s.aggregate_s, "commit": s.commit_s}
-        if isinstance(action, Commit):
-            rec = RoundRecord(action.round, "commit", neighbours=len(action.used), timings=timings)
-        else:
-            rec = RoundRecord(action.round, action.reason, neighbours=0, timings=timings)
+        used = tuple(action.used) if isinstance(action, Commit) else ()
+        rec = RoundRecord(action.round, "commit" if isinstance(action, Commit) else action.reason,
+                          neighbours=len(used), timings=timings, t_end=time.time(), round_time_s=s.total_s,
+                          bytes_sent=self._bytes_base[0] + int(getattr(self.transport, "bytes_sent", 0)),
+                          bytes_received=self._bytes_base[1] + int(getattr(self.transport, "bytes_received", 0)),
+                          peers=used)
         self._last_stats = s
         self.history.append(rec)
         self._pending_records[action.round] = rec
         # x^{r+1} is durable before anything derived from it leaves this node
         self._save_checkpoint(action.round + 1, action.model)
+        if self._trajectory is not None:
+            self._trajectory.append(action.round, action.model)
         self._jobs.put(("eval", action.round, action.model))
         if isinstance(action, Commit):
             log.info("round %d: averaged with %d peer(s) (self weight %.2f) in %.2fs [train %.2f hello %.2f "
@@ -386,12 +385,12 @@ class NodeRuntime:
             optimizer = self.trainer.optimizer_state()
         except Exception:
             optimizer = {}
-        history = [{"round": r.round, "outcome": r.outcome, "accuracy": r.accuracy, "loss": r.loss,
-                    "neighbours": r.neighbours} for r in self.history[-200:]]
+        history, history_peers = history_to_json(self.history[-200:])
         save_checkpoint(self.config.checkpoint_path, Checkpoint(
             round=next_round, model=model, optimizer=optimizer, restarts=self.restarts,
             meta={"federation": self.config.federation, "peer": self.identity.peer_id.hex(),
-                  "task": self.config.task, "saved_at": time.time(), "history": history}))
+                  "task": self.config.task, "saved_at": time.time(), "history": history,
+                  "history_peers": history_peers}))
         self.timing["checkpoint_s"] += time.perf_counter() - t0
 
     def status_fields(self) -> dict[str, Any]:
@@ -440,14 +439,5 @@ class NodeRuntime:
             return
         fields = fields or self.status_fields()
         fields = dict(fields)
-        fields["history"] = [{"round": r.round, "outcome": r.outcome, "accuracy": r.accuracy, "loss": r.loss,
-                              "neighbours": r.neighbours} for r in self.history]
-        atomic_write(self.config.status_path, json.dumps(fields, default=_json_default).encode(), mode=0o644)
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, bytes):
-        return obj.hex()
-    raise TypeError(type(obj).__name__)
+        fields["history"], fields["history_peers"] = history_to_json(self.history)
+        atomic_write(self.config.status_path, json.dumps(fields, default=json_default).encode(), mode=0o644)

@@ -19,6 +19,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from fednode.security.envelope import Message, MsgType, Reject, VerifyContext, open_envelope, seal
 from fednode.security.identity import AllowList, Identity
 from fednode.security.replay import ReplayGuard
@@ -52,3 +54,12 @@ class StatusVerifier:
         if isinstance(result, Message) and result.msg_type != MsgType.STATUS:
             return Reject("not_status", sender=result.sender)
         return result
+
+
+def json_default(obj: Any) -> Any:
+    """JSON for the numpy scalars and bytes a status may hold (status files, ``fednode status --json``)."""
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, bytes):
+        return obj.hex()
+    raise TypeError(type(obj).__name__)

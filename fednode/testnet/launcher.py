@@ -14,7 +14,21 @@ Report (a stable interface for scripts; more fields may be added, none removed):
     round_length_bound_s (float), errors (list[str]),
     nodes: list of {index, peer_id, rounds_completed, test_accuracy, test_loss, bytes_sent,
             bytes_received, restarts, exit_code, max_round_gap_s, rounds_went_backwards,
-            resumes: [{killed_at_round, checkpoint_round, resumed_at_round}], timings}
+            resumes: [{killed_at_round, checkpoint_round, resumed_at_round}], timings,
+            rss_peak_mb (float | None, peak resident memory of the node's process(es), MiB, VmHWM),
+            per_round: [{round, t_s (round end, s since the testnet started), accuracy, loss,
+                         outcome ("commit" or why it did not average), neighbours (hex peer ids
+                         averaged with), bytes_sent, bytes_received (cumulative, restarts included),
+                         round_time_s}]},
+    accuracy_min, accuracy_median (over the nodes' final test accuracy),
+    rss_peak_mb_max, rss_peak_mb_median (float | None),
+    series: column lists, one entry per round (None where no node had data):
+        {round, nodes (how many nodes reported that round), accuracy_min, accuracy_median,
+         accuracy_mean, loss_mean, consensus_disagreement (||X_r - JX_r||_F over the nodes whose
+         trajectory has round r, X_r their models after round r), consensus_disagreement_relative,
+         round_time_median_s, bytes_sent_total (sum of the nodes' cumulative bytes sent),
+         t_s (median wall time at which the round ended, s since start)}
+The per-round models come from each node's ``trajectory.bin`` (``record_trajectory``, on in the testnet).
 """
 
 from __future__ import annotations
@@ -33,12 +47,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from fednode.node.checkpoint import CheckpointError, peek_round
 from fednode.node.config import NodeConfig
 from fednode.security.identity import AllowList, Identity
+from fednode.testnet.memory import rss_mb
 from fednode.testnet.options import TestnetOptions
+from fednode.testnet.progress import Progress
 from fednode.testnet.report import build_report, print_summary
 from fednode.testnet.status_files import read_status
 
@@ -64,6 +78,8 @@ class _Node:
     last_progress_t: float | None = None
     last_round_done: int = -1
     max_gap: float = 0.0
+    status: dict | None = None
+    rss_peak_mb: float | None = None
 
 
 class Testnet:
@@ -115,7 +131,11 @@ class Testnet:
                              node_count=self.opts.nodes, seed=self.opts.seed, rounds=self.opts.rounds,
                              local_epochs=self.opts.local_epochs, t_hello=self.opts.t_hello,
                              t_agg=self.opts.t_agg, t_commit=self.opts.t_commit,
-                             min_peers=self.opts.nodes - 1, lease_ms=2000,
+                             min_peers=self.opts.nodes - 1, lease_ms=self.opts.lease_ms,
+                             degree=self.opts.degree, aggregator=self.opts.aggregator,
+                             max_retries=self.opts.max_retries, record_trajectory=True,
+                             wait_peers_s=self.opts.wait_peers_s if self.opts.wait_peers_s is not None
+                             else 60.0 + 2.0 * self.opts.nodes,
                              secure_aggregation=self.opts.secure_aggregation, dp=self.opts.dp,
                              dp_noise_multiplier=self.opts.dp_noise_multiplier, dp_clip=self.opts.dp_clip,
                              dp_epsilon=self.opts.dp_epsilon, dp_delta=self.opts.dp_delta)
@@ -145,9 +165,12 @@ class Testnet:
 
     def run(self) -> dict[str, Any]:
         self.started_at = time.time()
+        self.progress = Progress(self.opts.rounds, quiet=self.opts.quiet)
         try:
             for node in self.nodes:
                 self._launch(node)
+                if self.opts.stagger_s:
+                    time.sleep(self.opts.stagger_s)
             self._monitor()
         except _Abort:
             pass
@@ -156,6 +179,7 @@ class Testnet:
             self._say("\ninterrupted: stopping every node")
         finally:
             self._stop_all()
+            self.progress.finish()
         wall = time.time() - self.started_at
         report = build_report(self, wall)
         if self.opts.report is not None:
@@ -170,6 +194,8 @@ class Testnet:
 
     def _say(self, text: str) -> None:
         if not self.opts.quiet:
+            if getattr(self, "progress", None) is not None:
+                self.progress.finish()  # a message never lands in the middle of the refreshing line
             print(text, file=sys.stderr, flush=True)
 
     def request_stop(self) -> None:
@@ -179,7 +205,7 @@ class Testnet:
     def _monitor(self) -> None:
         deadline = self.started_at + self.opts.timeout
         next_kill = self.started_at + self.opts.kill_every if self.opts.kill_every else None
-        last_print = 0.0
+        last_rss = 0.0
         while True:
             now = time.time()
             self._poll_status(now)
@@ -211,9 +237,10 @@ class Testnet:
             if next_kill is not None and now >= next_kill:
                 next_kill = now + self.opts.kill_every
                 self._kill_random(now)
-            if now - last_print >= (1.0 if sys.stderr.isatty() else 5.0):
-                last_print = now
-                self._progress(now)
+            if now - last_rss >= 1.0:
+                last_rss = now
+                self._sample_memory()
+            self._progress(now)
             time.sleep(0.2)
 
     def _kill_random(self, now: float) -> None:
@@ -240,6 +267,7 @@ class Testnet:
             st = read_status(node)
             if st is None:
                 continue
+            node.status = st
             rnd = int(st.get("round", 0))
             if node.pending_resume is not None and node.restarts > 0 and not node.killed and \
                     st.get("restarts", 0) >= node.restarts:
@@ -257,18 +285,20 @@ class Testnet:
                 node.last_progress_t = now
                 node.last_round_done = done
 
+    def _sample_memory(self) -> None:
+        for n in self.nodes:
+            if n.proc is not None and n.proc.poll() is None:
+                mem = rss_mb(n.proc.pid)
+                if mem is not None:
+                    n.rss_peak_mb = round(max(n.rss_peak_mb or 0.0, mem[1]), 1)
+
     def _progress(self, now: float) -> None:
-        statuses = [read_status(n) or {} for n in self.nodes]
-        rounds = [int(s.get("round", 0)) for s in statuses]
-        accs = [s.get("accuracy") for s in statuses if isinstance(s.get("accuracy"), float)]
-        alive = sum(1 for n in self.nodes if n.exit_code is None and not n.killed)
-        acc = f"acc mean {np.mean(accs):.3f} min {min(accs):.3f}" if accs else "acc -"
-        line = (f"[{now - self.started_at:6.1f}s] round min {min(rounds)} max {max(rounds)} / {self.opts.rounds}"
-                f" | {acc} | alive {alive}/{len(self.nodes)} | restarts {sum(n.restarts for n in self.nodes)}")
-        if sys.stderr.isatty() and not self.opts.quiet:
-            print("\r" + line.ljust(100), end="", file=sys.stderr, flush=True)
-        else:
-            self._say(line)
+        statuses = [n.status or {} for n in self.nodes]
+        accs = [s["accuracy"] for s in statuses if isinstance(s.get("accuracy"), float)]
+        self.progress.update(now, now - self.started_at,
+                             [min(self.opts.rounds, int(s.get("round", 0))) for s in statuses],
+                             [n.proc is not None and n.exit_code is None and not n.killed for n in self.nodes],
+                             accs, sum(n.restarts for n in self.nodes))
 
     def _stop_all(self) -> None:
         procs = [n.proc for n in self.nodes if n.proc is not None and n.proc.poll() is None]

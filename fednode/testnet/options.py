@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fednode.gossip.config import AGGREGATORS
+from fednode.node.config import ConfigError
+
 
 @dataclass
 class TestnetOptions:
@@ -39,6 +42,38 @@ class TestnetOptions:
     node_nice: int = 0
     """Run the node processes at this niceness (the dashboard's --tui mode uses 5 so that, on a small
     machine shared with N training processes, the terminal UI still gets the CPU when a key is pressed)."""
+    # passed through to every node's config (README "Configuration reference")
+    degree: int = 8
+    aggregator: str = "gossip"
+    max_retries: int = 2
+    lease_ms: int = 2000
+    wait_peers_s: float | None = None
+    """How long a fresh node waits for all its peers before round 0 (default 60 s + 2 s per node:
+    N JAX start-ups share the machine's cores)."""
+    stagger_s: float = 0.0
+    """Pause between two node launches (spreads the JAX start-ups of a large testnet)."""
+
     transport: str = "zenoh"
     """"zenoh" (scouting on lo) or "libp2p" (each node on a fixed 127.0.0.1 port chosen by the launcher,
     bootstrapping to nodes 0 and 1; peer exchange finds the rest)."""
+
+    def check(self) -> "TestnetOptions":
+        """Raise ConfigError (one line for the user) on values no node could run with."""
+        if self.nodes < 1 or self.rounds < 1:
+            raise ConfigError("--nodes and --rounds must be >= 1")
+        if self.degree < 1:
+            raise ConfigError(f"--degree must be >= 1, not {self.degree}")
+        if self.aggregator not in AGGREGATORS:
+            raise ConfigError(f"--aggregator must be one of {', '.join(AGGREGATORS)}, not {self.aggregator!r}")
+        for name in ("t_hello", "t_agg", "t_commit"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be > 0, not {getattr(self, name)}")
+        if self.max_retries < 0:
+            raise ConfigError(f"--max-retries must be >= 0, not {self.max_retries}")
+        if self.lease_ms < 100:
+            raise ConfigError(f"--lease-ms must be >= 100 (ms), not {self.lease_ms}")
+        if self.stagger_s < 0 or (self.wait_peers_s is not None and self.wait_peers_s < 0):
+            raise ConfigError("--stagger and --wait-peers must be >= 0")
+        if self.transport not in ("zenoh", "libp2p"):
+            raise ConfigError(f"--transport must be zenoh or libp2p, not {self.transport!r}")
+        return self

@@ -9,6 +9,7 @@ import numpy as np
 
 from fednode.node.checkpoint import CheckpointError, load_checkpoint
 
+from fednode.testnet.series import federation_series, load_trajectories, node_rounds
 from fednode.testnet.status_files import read_status
 
 if TYPE_CHECKING:
@@ -42,6 +43,8 @@ def build_report(net: "Testnet", wall: float) -> dict[str, Any]:
             "aborts": st.get("aborts"), "rejects": st.get("rejects"), "timings": st.get("timings"),
             "cumulative_timings": st.get("cumulative"),
             "epsilon": st.get("epsilon"), "privacy_releases": st.get("releases"), "state": st.get("state"),
+            "rss_peak_mb": getattr(node, "rss_peak_mb", None),
+            "per_round": node_rounds(st, net.started_at),
         })
     disagreement = rel = None
     avg_acc = None
@@ -51,6 +54,10 @@ def build_report(net: "Testnet", wall: float) -> dict[str, Any]:
         disagreement = float(np.linalg.norm(X - mean))
         rel = disagreement / max(1e-300, float(np.linalg.norm(np.tile(mean, (len(vectors), 1)))))
         avg_acc = averaged_accuracy(net, models)
+    series = federation_series([n["per_round"] for n in nodes_out],
+                               load_trajectories([n.state_dir / "trajectory.bin" for n in net.nodes], net.errors))
+    accs = [n["test_accuracy"] for n in nodes_out if isinstance(n["test_accuracy"], float)]
+    rss = [n["rss_peak_mb"] for n in nodes_out if n["rss_peak_mb"] is not None]
     ok = (not net.errors and all(n["rounds_completed"] >= net.opts.rounds for n in nodes_out))
     return {
         "federation": net.federation, "ok": ok, "wall_time_s": round(wall, 3), "rounds": net.opts.rounds,
@@ -60,7 +67,11 @@ def build_report(net: "Testnet", wall: float) -> dict[str, Any]:
         "consensus_disagreement": disagreement, "consensus_disagreement_relative": rel,
         "averaged_model_accuracy": avg_acc,
         "round_length_bound_s": net.opts.t_hello + 3 * net.opts.t_agg + net.opts.t_commit,
-        "errors": net.errors, "nodes": nodes_out,
+        "errors": net.errors, "nodes": nodes_out, "series": series,
+        "rss_peak_mb_max": max(rss) if rss else None,
+        "rss_peak_mb_median": round(float(np.median(rss)), 1) if rss else None,
+        "accuracy_min": min(accs) if accs else None,
+        "accuracy_median": round(float(np.median(accs)), 6) if accs else None,
     }
 
 def averaged_accuracy(net: "Testnet", models: list[dict]) -> float | None:
