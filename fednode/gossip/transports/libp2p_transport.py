@@ -169,6 +169,7 @@ class Libp2pTransport:
                 if self._closed:
                     return
                 self._ready.set()
+                log.info("libp2p host listening on %s", ", ".join(f"{a}/p2p/{self.libp2p_id}" for a in listening))
                 nursery.start_soon(self._dialer)
                 await self._stop.wait()
                 nursery.cancel_scope.cancel()
