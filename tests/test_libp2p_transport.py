@@ -206,7 +206,7 @@ with Libp2pTransport(settings, on_message=lambda d: None, on_peer_joined=lambda 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSTOP], ids=["SIGKILL", "SIGSTOP"])
 def test_killed_or_hung_peer_is_reported_left_within_the_lease(net, tmp_path, sig):
     """SIGKILL: the kernel closes the connection, noticed at once. SIGSTOP (hung): the heartbeats
-    stop and the lease (1 s here) notices; the Zenoh path's bound for the same lease is the same."""
+    stop and the lease (1 s here) notices. Same lease, same bounds as the Zenoh path's test."""
     a, ra = net.make(0)
     child_ident = net.idents[3]
     child_ident.save(tmp_path / "id.pem")
@@ -226,7 +226,8 @@ def test_killed_or_hung_peer_is_reported_left_within_the_lease(net, tmp_path, si
         os.kill(proc.pid, sig)
         assert wait_until(lambda: ra.left == [peer], timeout=LEASE_MS / 1000 + 3)
         took = time.monotonic() - t0
-        bound = 0.5 if sig == signal.SIGKILL else LEASE_MS / 1000 * 1.5
+        bound = 0.9 if sig == signal.SIGKILL else 3.0  # the bounds test_zenoh_transport holds Zenoh to
+        print(f"{signal.Signals(sig).name}: peer left reported after {took:.3f} s (lease {LEASE_MS} ms)")
         assert took < bound, f"peer left reported after {took:.2f} s"
         assert peer not in a.live_peers()
     finally:
