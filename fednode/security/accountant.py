@@ -11,6 +11,12 @@ from dp_accounting import dp_event, rdp
 from dp_accounting.pld import pld_privacy_accountant
 
 PLD_DISCRETIZATION = 1e-4
+RDP_ORDERS = tuple(float(a) for a in range(2, 64)) + (128.0, 256.0, 512.0, 1024.0)
+"""Integer Renyi orders only. dp-accounting's default list adds fractional orders 1.1-10.9 whose series
+(``_compute_log_a_frac``) fails to converge for large q and small z; the accountant then drops those
+orders, which keeps epsilon an upper bound but makes it go *down* when q or the number of steps grows
+(measured: z = 0.6, q 0.42 -> 0.44 gave 115.8 -> 111.6). Integer orders use the closed form, are
+monotone, and cost under 1% of epsilon at the settings we ship (z = 1.1, q = 0.01, 1000 steps: 1.712 -> 1.725)."""
 
 
 def make_event(noise_multiplier: float, sampling_rate: float, steps: int) -> dp_event.DpEvent:
@@ -26,7 +32,7 @@ def make_event(noise_multiplier: float, sampling_rate: float, steps: int) -> dp_
 
 
 def epsilon_rdp(noise_multiplier: float, sampling_rate: float, steps: int, delta: float) -> float:
-    acc = rdp.RdpAccountant()
+    acc = rdp.RdpAccountant(list(RDP_ORDERS))
     acc.compose(make_event(noise_multiplier, sampling_rate, steps))
     return float(acc.get_epsilon(delta))
 
@@ -59,7 +65,7 @@ def epsilon_of_releases(events: list[tuple[float, float, int]], delta: float, ac
         groups[(float(z), float(q))] = groups.get((float(z), float(q)), 0) + int(steps)
     composed = dp_event.ComposedDpEvent([make_event(z, q, t) for (z, q), t in sorted(groups.items())])
     if accountant == "rdp":
-        acc = rdp.RdpAccountant()
+        acc = rdp.RdpAccountant(list(RDP_ORDERS))
     elif accountant == "pld":
         acc = pld_privacy_accountant.PLDAccountant(value_discretization_interval=PLD_DISCRETIZATION)
     else:
