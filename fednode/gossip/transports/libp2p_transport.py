@@ -303,6 +303,8 @@ class Libp2pTransport:
             peer = binding.fednode_id_of(remote.to_bytes(), self.settings.allow_list)
             if peer is None or peer == self.me:
                 self._refuse("unknown_peer", f"member stream from {remote}")
+                with trio.move_on_after(1.0):
+                    await self._host.disconnect(remote)  # not a member: drop the whole connection
                 return
             read = reader(stream, self._lease)
             frame = await framing.read_frame(read, self.settings.max_message_bytes)
