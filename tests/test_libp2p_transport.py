@@ -19,7 +19,7 @@ pytest.importorskip("libp2p", reason="the libp2p extra is not installed (pip ins
 
 import trio  # noqa: E402
 
-from fednode.gossip.transports import binding, framing  # noqa: E402
+from fednode.gossip.transports import framing  # noqa: E402
 from fednode.gossip.transports.framing import Kind  # noqa: E402
 from fednode.gossip.transports.libp2p_streams import MEMBER_PROTOCOL, list_status  # noqa: E402
 from fednode.gossip.transports.libp2p_transport import Libp2pSettings, Libp2pTransport, TransportError  # noqa: E402

@@ -81,6 +81,27 @@ async def query(host, peer: ID, addrs: list[str], what: str, max_bytes: int, tim
 
 
 
+async def query_all(host, targets: list[tuple[str, list[str]]], what: str, max_bytes: int,
+                    timeout_s: float) -> list[bytes]:
+    """The non-empty replies of every (libp2p id, addresses) target to ``what`` within ``timeout_s``."""
+    out: list[bytes] = []
+
+    async def one(lp: str, addrs: list[str]) -> None:
+        try:
+            data = await query(host, ID.from_base58(lp), addrs, what, max_bytes, timeout_s)
+        except Exception as exc:  # noqa: BLE001 - an unreachable peer answers nothing
+            logging.getLogger("fednode.transport").debug("%s query to %s failed: %s", what, lp, exc)
+            return
+        if data:
+            out.append(data)
+
+    with trio.move_on_after(max(0.05, timeout_s)):
+        async with trio.open_nursery() as nursery:
+            for lp, addrs in targets:
+                nursery.start_soon(one, lp, addrs)
+    return out
+
+
 def split_peer_addr(addr: str) -> tuple[str, str]:
     """(transport address, libp2p id) of ``/ip4/H/tcp/P/p2p/ID``."""
     base, _, lp = addr.rpartition("/p2p/")

@@ -49,7 +49,8 @@ from fednode.gossip.transports import binding, framing
 from fednode.gossip.transports.framing import FrameError, Kind
 from fednode.gossip.transports.libp2p_settings import MULTIADDR, Libp2pSettings, TransportError, explain
 from fednode.gossip.transports.libp2p_streams import (MEMBER_PROTOCOL, QUERY_PROTOCOL, discard, list_status,
-                                                      new_host_for, query, reader, split_peer_addr, write_frame)
+                                                      new_host_for, query_all, reader, split_peer_addr,
+                                                      write_frame)
 from fednode.gossip.transports.membership import Membership
 
 __all__ = ["Libp2pSettings", "Libp2pTransport", "TransportError", "list_status"]
@@ -382,26 +383,9 @@ class Libp2pTransport:
             await discard(stream, reset=False)
 
     async def _fetch_models(self, peer_id: bytes | None, timeout_s: float) -> list[bytes]:
-        targets = [peer_id] if peer_id is not None else sorted(self._members.live())
-        out: list[bytes] = []
-
-        async def one(peer: bytes) -> None:
-            entry = self._members.entry(peer)
-            if entry is None:
-                return
-            try:
-                data = await query(self._host, ID.from_base58(entry.libp2p_id), entry.addrs, "model",
-                                   self.settings.max_message_bytes, timeout_s)
-            except Exception as exc:  # noqa: BLE001
-                log.debug("model query failed: %s", exc)
-                return
-            if data:
-                self.bytes_received += len(data)
-                out.append(data)
-
-        with trio.move_on_after(max(0.05, timeout_s)):
-            async with trio.open_nursery() as nursery:
-                for p in targets:
-                    if p != self.me:
-                        nursery.start_soon(one, p)
+        peers = [peer_id] if peer_id is not None else sorted(self._members.live())
+        entries = [e for e in (self._members.entry(p) for p in peers if p != self.me) if e is not None]
+        out = await query_all(self._host, [(e.libp2p_id, e.addrs) for e in entries], "model",
+                              self.settings.max_message_bytes, timeout_s)
+        self.bytes_received += sum(len(d) for d in out)
         return out
