@@ -54,3 +54,24 @@ def test_terminal_gets_one_refreshing_line_a_pipe_plain_lines():
     p = Progress(5, stream=quiet, quiet=True)
     p.update(10.0, 10.0, [1], [True], [], 0)
     assert quiet.getvalue() == ""
+
+
+def test_memory_of_a_live_process_and_of_none():
+    import os
+    import subprocess
+    import sys
+
+    from fednode.testnet.memory import rss_mb
+    rss, peak = rss_mb(os.getpid())
+    assert 10 < rss <= peak < 100_000
+    child = subprocess.Popen([sys.executable, "-c", "import sys; b = b\"x\" * (200 << 20); sys.stdin.read()"],
+                             stdin=subprocess.PIPE)
+    try:
+        import time
+        deadline = time.time() + 30
+        while time.time() < deadline and (rss_mb(child.pid) or (0, 0))[1] < 200:
+            time.sleep(0.1)
+        assert rss_mb(child.pid)[1] >= 200  # the 200 MiB it touched
+    finally:
+        child.communicate(b"", timeout=30)
+    assert rss_mb(child.pid) is None  # gone

@@ -14,8 +14,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
     if len(labels) > len(args.reports):
         raise UserError(f"{len(labels)} --label for {len(args.reports)} report(s)")
     try:
-        runs = [(labels[i] if i < len(labels) else Path(path).stem, load_report(Path(path)))
-                for i, path in enumerate(args.reports)]
+        reports = [load_report(Path(path)) for path in args.reports]
+        runs = [(labels[i] if i < len(labels) else f"{Path(path).stem} ({len(r.get('nodes') or [])} nodes)", r)
+                for i, (path, r) in enumerate(zip(args.reports, reports))]
         out = plot_reports(runs, Path(args.output), title=args.title)
     except PlotError as exc:
         raise UserError(str(exc)) from None

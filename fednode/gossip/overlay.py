@@ -13,13 +13,19 @@ about 0.7 at n = 100, k = 4, against 0.99 for a single ring lattice of the same
 degree), and it is re-drawn every round. Degree is at most k (less when cycles
 share an edge; the Metropolis-Hastings weights absorb that). Small federations get
 a full mesh.
+
+The rings are cached per round over the union of the views seen (a node asks once per round;
+the simulator shares one instance among all its nodes). A member's ring neighbour in a view is
+the next member of that view along the cached order of the union, which is exactly the
+neighbour in the view's own sorted ring: N hashes per cycle and round instead of N per node.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Set
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
@@ -33,32 +39,67 @@ def _ordered(members: Iterable[bytes], key: bytes) -> list[bytes]:
     return sorted(set(members), key=lambda m: hashlib.sha256(key + m).digest())
 
 
+class _Rings:
+    """The k/2 cycle orders of one round over a universe of members (a superset of every view asked)."""
+
+    def __init__(self, federation: str, round: int, cycles: int, universe: set[bytes]) -> None:
+        self.universe = universe
+        self.orders: list[tuple[list[bytes], dict[bytes, int]]] = []
+        for cycle in range(cycles):
+            key = hashlib.sha256(b"fednode/v1/overlay" + federation.encode() + round.to_bytes(8, "big")
+                                 + cycle.to_bytes(2, "big")).digest()
+            ring = _ordered(universe, key)
+            self.orders.append((ring, {m: i for i, m in enumerate(ring)}))
+
+    def ring_neighbours(self, me: bytes, view: Set[bytes], out: set[bytes]) -> None:
+        """Add me's successor and predecessor in each cycle restricted to ``view | {me}``."""
+        for ring, pos in self.orders:
+            n = len(ring)
+            i = pos[me]
+            for step in (1, -1):
+                j = (i + step) % n
+                while ring[j] not in view and ring[j] != me:
+                    j = (j + step) % n
+                out.add(ring[j])
+
+
 @dataclass(frozen=True)
 class RandomRegularOverlay:
     """Union of degree/2 random Hamiltonian cycles over the members, re-drawn every round."""
 
     federation: str
     degree: int = 4
+    cache_rounds: int = 8
+    """How many recent rounds keep their cached cycle orders."""
+    _cache: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if self.degree < 1:
             raise ValueError("overlay degree must be >= 1")
 
     def neighbours(self, me: bytes, members: Iterable[bytes], round: int) -> frozenset[bytes]:
-        view = set(members) | {me}
-        n = len(view)
+        # a set is used as is (no O(N) copy per call): the view is members | {me}
+        others = members if isinstance(members, (set, frozenset)) else set(members)
+        n = len(others) + (me not in others)
         if n <= self.degree + 1:
-            return frozenset(view - {me})
+            return frozenset(others) - {me}
+        rings = self._rings(round, me, others)
         out: set[bytes] = set()
-        for cycle in range(max(1, self.degree // 2)):
-            key = hashlib.sha256(b"fednode/v1/overlay" + self.federation.encode() + round.to_bytes(8, "big")
-                                 + cycle.to_bytes(2, "big")).digest()
-            ring = _ordered(view, key)
-            pos = ring.index(me)
-            out.add(ring[(pos + 1) % n])
-            out.add(ring[(pos - 1) % n])
+        rings.ring_neighbours(me, others, out)
         out.discard(me)
         return frozenset(out)
+
+    def _rings(self, round: int, me: bytes, others: Set[bytes]) -> _Rings:
+        rings = self._cache.get(round)
+        if rings is None or me not in rings.universe or not others <= rings.universe:
+            universe = set(others) if rings is None else rings.universe | others
+            universe.add(me)
+            rings = _Rings(self.federation, round, max(1, self.degree // 2), universe)
+            self._cache[round] = rings
+            self._cache.move_to_end(round)
+            while len(self._cache) > self.cache_rounds:
+                self._cache.popitem(last=False)
+        return rings
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,8 @@ from fednode.gossip import secagg
 from fednode.gossip.overlay import Overlay, RandomRegularOverlay
 from fednode.security.arrays import Model, ModelSpec
 from fednode.security.clipping import clip_by_global_norm, l2_norm
-from fednode.security.envelope import Message, MsgType, Reject, VerifyContext, open_envelope, seal
+from fednode.security.codec import SIGNED, EnvelopeCodec
+from fednode.security.envelope import Message, MsgType, Reject, VerifyContext, seal
 from fednode.security.identity import AllowList, Identity
 from fednode.security.kdf import EpochKeys, KeyAgreementError
 from fednode.security.aead import BundleDecryptionError, open_bundle, seal_bundle
@@ -149,9 +150,12 @@ class GossipNode:
     def __init__(self, identity: Identity, allow_list: AllowList, spec: ModelSpec, model: Model,
                  config: RoundConfig, *, overlay: Overlay | None = None, start_round: int = 0,
                  members: Iterable[bytes] = (), nonce_source: Callable[[int], bytes] = os.urandom,
-                 joining: bool = False) -> None:
+                 joining: bool = False, codec: EnvelopeCodec = SIGNED) -> None:
         if not spec.matches(model):
             raise ValueError("initial model does not match the model spec")
+        if not codec.signed and config.secure:  # relayed HELLOs are verified by third parties: keys need signatures
+            raise ValueError("unsigned envelopes (simulator fast mode) cannot run secure aggregation")
+        self.codec = codec
         self.identity = identity
         self.me = identity.peer_id
         self.allow_list = allow_list
@@ -238,9 +242,10 @@ class GossipNode:
 
     def _seal(self, msg_type: MsgType, recipient: bytes, round: int, now: float, *, attempt: int = 0,
               arrays: Model | None = None, meta: dict | None = None) -> bytes:
-        return seal(self.identity, msg_type=msg_type, recipient=recipient, federation=self.config.federation,
-                    round=round, attempt=attempt, arrays=arrays, spec=self.spec if arrays is not None else None,
-                    meta=meta or {}, now_ms=int(now * 1000), nonce=self._nonce(16))
+        return self.codec.seal(self.identity, msg_type=msg_type, recipient=recipient,
+                               federation=self.config.federation, round=round, attempt=attempt, arrays=arrays,
+                               spec=self.spec if arrays is not None else None, meta=meta or {},
+                               now_ms=int(now * 1000), nonce=self._nonce(16))
 
     def _send(self, out: list[Action], peer: bytes, data: bytes, kind: str) -> None:
         self.stats.messages_out += 1
@@ -973,7 +978,7 @@ class GossipNode:
             rounds_ahead=self.config.rounds_ahead, timestamp_window_ms=int(self.config.timestamp_window_s * 1000),
             max_message_bytes=self.config.max_message_bytes, max_abs=self.config.max_abs,
             offenders=self._offenders)
-        return open_envelope(data, ctx)
+        return self.codec.open(data, ctx)
 
     def _reject(self, out: list[Action], rej: Reject) -> None:
         self.stats.rejects[rej.reason] += 1

@@ -11,8 +11,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-DISAGREEMENT_FLOOR = 1e-12
-"""Relative disagreement below this is drawn at it (a full mesh agrees to float32 rounding)."""
+def disagreement_floor(values: list[float]) -> float:
+    """Where to draw an exact 0 on the log axis: a decade below the smallest positive value (a full mesh
+    agrees exactly, which a log scale cannot show), never below 1e-9."""
+    positive = [v for v in values if v > 0]
+    return max(1e-9, min(positive) / 10) if positive else 1e-6
 
 
 class PlotError(Exception):
@@ -52,10 +55,11 @@ def plot_reports(runs: list[tuple[str, dict[str, Any]]], out: Path, *, title: st
         raise PlotError("plotting needs matplotlib: pip install 'fednode[plot]'") from None
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), constrained_layout=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (label, report) in enumerate(runs):
+    floor = disagreement_floor([float(v) for _, r in runs for v in r["series"].get("consensus_disagreement_relative")
+                                or [] if v is not None])
+    for i, (tag, report) in enumerate(runs):
         s, c = report["series"], colors[i % len(colors)]
-        n = len(report.get("nodes") or [])
-        tag = f"{label} ({n} nodes)" if n else label
+        exact = any(v is not None and v < floor for v in s.get("consensus_disagreement_relative") or [])
         for col, x_key in enumerate(("round", "t_s")):
             ax = axes[0][col]
             xs, ys = _points(s, x_key, "accuracy_median")
@@ -64,7 +68,8 @@ def plot_reports(runs: list[tuple[str, dict[str, Any]]], out: Path, *, title: st
             ax.plot(xs, ys, color=c, lw=1.2, ls="--", label=f"{tag}: min")
             ax = axes[1][col]
             xs, ys = _points(s, x_key, "consensus_disagreement_relative")
-            ax.plot(xs, [max(DISAGREEMENT_FLOOR, y) for y in ys], color=c, lw=1.6, label=tag)
+            ax.plot(xs, [max(floor, y) for y in ys], color=c, lw=1.6,
+                    label=f"{tag} (0 = exact agreement, drawn at {floor:.0e})" if exact else tag)
     for col, xlabel in enumerate(("round", "wall time since start (s)")):
         top, bottom = axes[0][col], axes[1][col]
         top.set_ylabel("test accuracy (per node)")

@@ -103,5 +103,9 @@ def print_summary(report: dict[str, Any]) -> None:
         print(f"  averaged model accuracy {report['averaged_model_accuracy']:.4f}, consensus disagreement "
               f"{report['consensus_disagreement']:.3g} (relative {report['consensus_disagreement_relative']:.3g})",
               file=sys.stderr)
+    if report.get("accuracy_min") is not None:
+        print(f"  accuracy min {report['accuracy_min']:.4f} median {report['accuracy_median']:.4f}"
+              + (f"; peak RSS per node median {report['rss_peak_mb_median']:.0f} MiB, max "
+                 f"{report['rss_peak_mb_max']:.0f} MiB" if report.get("rss_peak_mb_max") else ""), file=sys.stderr)
     for err in report["errors"]:
         print(f"  error: {err}", file=sys.stderr)
