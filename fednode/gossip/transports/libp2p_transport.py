@@ -98,13 +98,14 @@ class Libp2pTransport:
 
     def start(self, timeout_s: float = 30.0) -> None:
         """Start the host on its own trio thread; return once it listens (or raise TransportError)."""
-        if self._started:
-            raise TransportError("this transport was already started; create a new one")
+        if self._started or self._closed:
+            raise TransportError("this transport was already started or closed; create a new one")
         self._started = True
         self._thread = threading.Thread(target=self._thread_main, name="libp2p", daemon=True)
         self._thread.start()
-        if not self._ready.wait(timeout_s) or self._error is not None:
-            error = self._error or f"the libp2p host did not start within {timeout_s:.0f} s"
+        if not self._ready.wait(timeout_s) or self._error is not None or self._closed:
+            error = self._error or ("the transport was closed while starting" if self._closed
+                                    else f"the libp2p host did not start within {timeout_s:.0f} s")
             self.close()
             raise TransportError(error)
 
