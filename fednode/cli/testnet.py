@@ -28,6 +28,8 @@ def cmd_testnet(args: argparse.Namespace) -> int:
             raise UserError(INSTALL_HINT)
         if args.tui:
             raise UserError("the dashboard observes over Zenoh only; run the libp2p testnet without --tui")
+    from fednode.testnet.adversary import apply_cli
+    apply_cli(opts, args)
     if args.tui:
         from fednode.testnet.launcher import run_testnet_with_dashboard
         report = run_testnet_with_dashboard(opts)
@@ -79,6 +81,8 @@ def register(sub) -> None:
                    help="seconds between two node launches (large testnets on few cores)")
     p.add_argument("--transport", default="zenoh", choices=["zenoh", "libp2p"],
                    help="libp2p: nodes on fixed loopback ports, bootstrapping to nodes 0 and 1")
+    from fednode.testnet.adversary import register_flags
+    register_flags(p)
     p.set_defaults(func=cmd_testnet)
 
 

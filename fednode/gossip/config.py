@@ -68,6 +68,9 @@ class RoundConfig:
     clip_tau: float | None = None
     """ClippedGossip radius; None = adaptive (second-largest neighbour distance)."""
     trim: int = 1
+    validation_filter: bool = False
+    """Score each neighbour's contribution on a held-out slice of the node's data before mixing (the runtime
+    injects the scorer as ``GossipNode.contribution_filter``); plaintext only."""
     # --- run length
     max_rounds: int | None = None
     """Stop after this many rounds (None: run forever)."""
@@ -88,6 +91,8 @@ class RoundConfig:
         if self.secure and self.aggregator != "gossip":
             raise ValueError(f"secure aggregation excludes the {self.aggregator!r} aggregator: masked sums cannot be "
                              "clipped, trimmed or filtered per contributor (see docs/security.md)")
+        if self.secure and self.validation_filter:
+            raise ValueError("secure aggregation excludes the validation filter: a masked contribution cannot be scored")
         if self.dp_distributed is not None and not self.secure:
             raise ValueError("distributed DP needs secure aggregation")
         if self.secure and self.max_distance is not None:

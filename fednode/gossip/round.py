@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fednode.aggregation import clipped_gossip, coordinate_median, mh_weight, mix, trimmed_mean
+from fednode.aggregation import adaptive_tau, clipped_gossip, coordinate_median, mh_weight, mix, trimmed_mean
 from fednode.gossip.config import RoundConfig
 from fednode.gossip.events import (Abort, Action, AdoptModel, Commit, Event, Finished, LocalStepDone, Log,
                                    MessageReceived, PeerJoined, PeerLeft, Rejected, RoundStats, Send, SetTimer,
@@ -184,6 +184,9 @@ class GossipNode:
         self._relayed_ok: dict[bytes, secagg.RelayedKey] = {}   # sha256(raw) -> verified key (cache)
         self._started = False
         self._now = float("-inf")
+        self.contribution_filter: Callable[[Model, dict[bytes, Model], dict[bytes, float]], dict[bytes, float]] | None = None
+        """Validation-score filter, injected by the runtime when ``config.validation_filter`` (plaintext only):
+        (own x^{r+1/2}, neighbours' models, W_ij) -> the weights to mix with (dropped peers absent)."""
 
     # ------------------------------------------------------------------ public API
 
@@ -510,10 +513,16 @@ class GossipNode:
 
     def _aggregate(self, own: Model, neighbours: dict[bytes, Model], weights: dict[bytes, float]) -> Model:
         cfg = self.config
+        tau = cfg.clip_tau
+        if tau is None and cfg.aggregator == "clipped":  # the radius comes from the whole neighbourhood
+            tau = adaptive_tau(own, neighbours, weights)
+        if self.contribution_filter is not None and not self._secure:
+            weights = self.contribution_filter(own, neighbours, weights)
+            neighbours = {p: neighbours[p] for p in weights}
         if cfg.aggregator == "gossip":
             return mix(own, neighbours, weights)
         if cfg.aggregator == "clipped":
-            return clipped_gossip(own, neighbours, weights, cfg.clip_tau)
+            return clipped_gossip(own, neighbours, weights, tau)
         models = [own, *neighbours.values()]
         if cfg.aggregator == "median":
             return coordinate_median(models)

@@ -73,6 +73,8 @@ class NodeConfig:
     t_commit: float = 2.0
     max_retries: int = 2
     aggregator: str = "gossip"
+    validation_filter: bool = False
+    """Score each neighbour's model on a held-out slice of this node's shard; drop or down-weight harmful ones."""
     secure_aggregation: str = "off"
     """"off", "retry" (mode A) or "secagg+" (mode B): neighbours see only masked sums (docs/security.md)."""
     # differential privacy (docs/privacy.md)
@@ -99,6 +101,10 @@ class NodeConfig:
     record_trajectory: bool = False
     """Append the model after every round to <state_dir>/trajectory.bin (fednode/node/trajectory.py);
     the testnet turns it on to report consensus disagreement per round."""
+    # fault injection (set only by `fednode testnet --byzantine`; fednode/node/byzantine.py)
+    attack: str = "off"
+    """"off", or the attack this node's contributions carry (signflip, gaussian, alie, ipm, stale, nan, inf,
+    oversize): a Byzantine member for robustness measurements, never for production."""
 
     # ------------------------------------------------------------------ derived paths
 
@@ -131,6 +137,7 @@ class NodeConfig:
                            t_commit=self.t_commit, max_retries=self.max_retries, degree=self.degree,
                            update_clip=self.dp_clip if self.dp == "distributed" else self.clip,
                            aggregator=self.aggregator, max_rounds=self.rounds,
+                           validation_filter=self.validation_filter,
                            secure_aggregation=self.secure_aggregation,
                            dp_distributed=(self.dp_noise_multiplier, self.dp_clip, self.dp_colluders)
                            if self.dp == "distributed" and self.dp_noise_multiplier else None)
@@ -172,6 +179,9 @@ class NodeConfig:
             raise ConfigError("distributed DP adds noise shares inside secure aggregation: set --secure-aggregation")
         if self.dp == "local" and self.clip is not None:
             raise ConfigError("with dp = local the update is clipped to dp_clip; leave clip unset")
+        from fednode.node.attacks import ATTACKS
+        if self.attack not in ("off", *ATTACKS):
+            raise ConfigError(f"attack must be off or one of {', '.join(ATTACKS)}")
         for ep in [*self.listen, *self.connect]:
             if not re.match(r"^(tcp|udp|tls|quic|ws)/[^\s/]+:\d{1,5}$", ep) and not ep.startswith("tcp/["):
                 raise ConfigError(f"endpoint {ep!r} is not of the form tcp/HOST:PORT")

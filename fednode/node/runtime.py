@@ -31,6 +31,7 @@ from fednode.gossip.events import (Abort, AdoptModel, Broadcast, Commit, Finishe
 from fednode.gossip.round import AGGREGATE, COMMITTING, DONE, SYNC, TRAIN, GossipNode
 from fednode.node.checkpoint import Checkpoint, atomic_write, load_checkpoint, save_checkpoint
 from fednode.node.config import NodeConfig
+from fednode.node.hooks import RuntimeHooks
 from fednode.node.history import RoundRecord, history_from_json, history_to_json
 from fednode.node.status import json_default, seal_status
 from fednode.node.trajectory import TrajectoryWriter
@@ -89,6 +90,7 @@ class NodeRuntime:
         self._exhausted_until: float | None = None
         self._step_bases: dict[int, Model] = {}
         self._dp_rng = make_rng() if config.dp != "off" else None
+        self.hooks = RuntimeHooks(config, identity, allow_list, trainer)  # fednode/node/hooks.py
         if config.dp != "off":
             self.ledger = PrivacyLedger(config.ledger_path, config.dp_delta, fallback=self._release_for(0))
             if self.ledger.recovered_torn_record:
@@ -127,6 +129,7 @@ class NodeRuntime:
         start_round, model, resumed = self._load_state()
         self.machine = GossipNode(self.identity, self.allow_list, self.trainer.model_spec, model,
                                   self.config.round_config(), start_round=start_round, joining=True)
+        self.hooks.install(self.machine, model)
         # persist the restart count at once, so a crash loop is visible in the report
         if resumed:
             self._save_checkpoint(self.machine.round, self.machine.model)
@@ -149,7 +152,7 @@ class NodeRuntime:
         worker = threading.Thread(target=self._worker, name="trainer", daemon=True)
         worker.start()
         self.transport = self._transport_factory(
-            on_message=lambda data: self._events.put(("msg", data)),
+            on_message=lambda data: self.hooks.inbound.admit(len(data)) and self._events.put(("msg", data)),
             on_peer_joined=lambda peer: self._events.put(("joined", peer)),
             on_peer_left=lambda peer: self._events.put(("left", peer)),
             model_provider=None)
@@ -258,6 +261,7 @@ class NodeRuntime:
                     return
                 continue
             if kind == "msg":
+                self.hooks.received(payload)
                 event = MessageReceived(payload, now)
             elif kind == "joined":
                 event = PeerJoined(payload, now)
@@ -269,6 +273,7 @@ class NodeRuntime:
                     model = self._privatize(rnd, model)
                 if self.budget_exhausted or model is None:
                     continue
+                model = self.hooks.step_done(rnd, model)
                 event = LocalStepDone(rnd, model, now)
             elif kind == "eval":
                 self._on_eval(*payload)
@@ -311,7 +316,7 @@ class NodeRuntime:
     def _apply(self, actions: list) -> None:
         for action in actions:
             if isinstance(action, Send):
-                self.transport.send(action.peer, action.data)
+                self.transport.send(action.peer, self.hooks.outgoing(action.kind, action.data))
                 if action.kind == "contribute" and _KILL_AFTER_CONTRIBUTE is not None \
                         and self.machine is not None and self.machine.round >= _KILL_AFTER_CONTRIBUTE:
                     _die_now(f"fault injection: SIGKILL after a contribution in round {self.machine.round}")
@@ -320,6 +325,7 @@ class NodeRuntime:
             elif isinstance(action, SetTimer):
                 self._deadline = action.deadline
             elif isinstance(action, StartLocalStep):
+                self.hooks.step_started(action.round, action.model)
                 if self.ledger is not None:
                     self._step_bases = {action.round: action.model}
                 self._jobs.put(("step", action.round, action.model))
@@ -420,6 +426,7 @@ class NodeRuntime:
         }
         if self.budget_exhausted:
             fields["state"] = "budget_exhausted"
+        self.hooks.status(fields)
         return fields
 
     def _publish_status(self) -> None:

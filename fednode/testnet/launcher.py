@@ -107,6 +107,9 @@ class Testnet:
 
     def prepare(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        from fednode.testnet.adversary import byzantine_indices, check_options, node_config
+        check_options(self.opts)
+        self.attackers = byzantine_indices(self.opts.nodes, self.opts.byzantine, self.opts.seed)
         allow = AllowList()
         idents = []
         for i in range(self.opts.nodes):
@@ -142,7 +145,7 @@ class Testnet:
             if libp2p is not None:
                 cfg.transport, cfg.libp2p_listen = "libp2p", [libp2p[i][0]]
                 cfg.bootstrap = [f"{a}/p2p/{lp}" for j, (a, lp) in enumerate(libp2p[:2]) if j != i]
-            cfg.validate()
+            cfg = node_config(self.opts, cfg.validate(), i, self.attackers)
             cfg_path = d / "config.toml"
             cfg_path.write_text(cfg.to_toml())
             self.nodes.append(_Node(i, d, cfg_path, d / "node.log", ident.peer_id))

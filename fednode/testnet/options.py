@@ -42,6 +42,14 @@ class TestnetOptions:
     node_nice: int = 0
     """Run the node processes at this niceness (the dashboard's --tui mode uses 5 so that, on a small
     machine shared with N training processes, the terminal UI still gets the CPU when a key is pressed)."""
+    # Byzantine fault injection (fednode/testnet/adversary.py)
+    byzantine: int = 0
+    """This many node processes poison their contributions with ``attack`` (marked in the report)."""
+    attack: str = "signflip"
+    clip: float | None = None
+    """L2 bound on each round's local update (``fednode start --clip``)."""
+    validation_filter: bool = False
+    """Each node scores its neighbours' models on a held-out slice of its data (plaintext only)."""
     # passed through to every node's config (README "Configuration reference")
     degree: int = 8
     aggregator: str = "gossip"

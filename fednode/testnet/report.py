@@ -45,6 +45,7 @@ def build_report(net: "Testnet", wall: float) -> dict[str, Any]:
             "epsilon": st.get("epsilon"), "privacy_releases": st.get("releases"), "state": st.get("state"),
             "rss_peak_mb": getattr(node, "rss_peak_mb", None),
             "per_round": node_rounds(st, net.started_at),
+            "attack": st.get("attack"), "validation": st.get("validation"),
         })
     disagreement = rel = None
     avg_acc = None
@@ -58,8 +59,11 @@ def build_report(net: "Testnet", wall: float) -> dict[str, Any]:
                                load_trajectories([n.state_dir / "trajectory.bin" for n in net.nodes], net.errors))
     accs = [n["test_accuracy"] for n in nodes_out if isinstance(n["test_accuracy"], float)]
     rss = [n["rss_peak_mb"] for n in nodes_out if n["rss_peak_mb"] is not None]
+    from fednode.testnet.adversary import honest_summary
+    adversary = honest_summary(nodes_out, getattr(net, "attackers", frozenset()), net.opts.attack)
     ok = (not net.errors and all(n["rounds_completed"] >= net.opts.rounds for n in nodes_out))
-    return {
+    return {**adversary, "aggregator": net.opts.aggregator or "gossip", "degree": net.opts.degree,
+            "validation_filter": net.opts.validation_filter,
         "federation": net.federation, "ok": ok, "wall_time_s": round(wall, 3), "rounds": net.opts.rounds,
         "task": net.opts.task, "split": net.opts.split, "alpha": net.opts.alpha, "seed": net.opts.seed,
         "secure_aggregation": net.opts.secure_aggregation, "dp": net.opts.dp, "dp_delta": net.opts.dp_delta,
