@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "fednode"
 CORE_PACKAGES = ("fednode.security", "fednode.aggregation", "fednode.gossip")
 EXCLUDED_PREFIXES = ("fednode.gossip.transports",)
-FORBIDDEN_RUNTIME = ("zenoh", "jax", "jaxlib")
+FORBIDDEN_RUNTIME = ("zenoh", "jax", "jaxlib", "libp2p", "trio", "multiaddr")
 
 _IMPORT_SCRIPT = textwrap.dedent("""
     import importlib, pkgutil, sys
@@ -59,6 +59,40 @@ def test_import_check_can_fail() -> None:
     fake = "import types; sys.modules['jaxlib'] = types.ModuleType('jaxlib')"
     res = _run_import_check(prelude=fake, core=("fednode.security",))
     assert res.returncode != 0 and "core modules pulled in jaxlib" in res.stderr, res.stderr[-2000:]
+
+
+NETWORK_STACKS = frozenset({"zenoh", "libp2p", "trio", "multiaddr"})
+TRANSPORTS_DIR = PKG / "gossip" / "transports"
+
+
+def network_imports(source: str) -> list[str]:
+    """Top-level names of the network stacks that ``source`` imports (anywhere in the file)."""
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            out += [a.name.split(".")[0] for a in node.names if a.name.split(".")[0] in NETWORK_STACKS]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] in NETWORK_STACKS:
+            out.append(node.module.split(".")[0])
+    return out
+
+
+def test_only_the_transports_import_zenoh_or_libp2p() -> None:
+    offenders = {str(f.relative_to(ROOT)): network_imports(f.read_text(encoding="utf-8"))
+                 for f in sorted(PKG.rglob("*.py")) if TRANSPORTS_DIR not in f.parents}
+    assert {k: v for k, v in offenders.items() if v} == {}
+    assert network_imports("import trio\nfrom libp2p.peer.id import ID\nimport zenoh as z") == ["trio", "libp2p", "zenoh"]
+
+
+def test_libp2p_settings_and_cli_import_without_the_libp2p_extra() -> None:
+    """The CLI must say how to install the extra, so what it imports first cannot need it."""
+    block = "import sys; sys.modules.update({m: None for m in ('libp2p', 'trio', 'multiaddr')})"
+    mods = ["fednode.cli", "fednode.cli.transports", "fednode.cli.start", "fednode.cli.observe",
+            *(f"fednode.gossip.transports.{m}" for m in ("libp2p_settings", "binding", "framing", "membership"))]
+    code = f"{block}\n" + "\n".join(f"import {m}" for m in mods) + \
+        "\nfrom fednode.gossip.transports.libp2p_settings import libp2p_available\nprint(libp2p_available())"
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                       env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr[-2000:]
 
 
 # ------------------------------------------------------------------------------------------ source scan

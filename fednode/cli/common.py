@@ -30,6 +30,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
         types.append(TransportError)
     except ImportError:
         pass
+    from fednode.gossip.transports.libp2p_settings import TransportError as Libp2pTransportError
+    types.append(Libp2pTransportError)
     return tuple(types)
 
 

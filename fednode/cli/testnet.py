@@ -21,9 +21,18 @@ def cmd_testnet(args: argparse.Namespace) -> int:
                           dp_epsilon=args.dp_epsilon, dp_delta=args.dp_delta)
     for name in _PASS_THROUGH:  # round parameters every node gets (README "The testnet")
         setattr(opts, name, getattr(args, name))
+    opts.transport = args.transport
     opts.check()
+    if args.transport == "libp2p":
+        from fednode.gossip.transports.libp2p_settings import INSTALL_HINT, libp2p_available
+        if not libp2p_available():
+            raise UserError(INSTALL_HINT)
+        if args.tui:
+            raise UserError("the dashboard observes over Zenoh only; run the libp2p testnet without --tui")
     opts.netns, opts.link, opts.partition = args.netns, args.link or [], args.partition
     opts.sites, opts.kill_router = args.sites, args.kill_router
+    if args.transport == "libp2p" and (args.netns or args.sites != 1):
+        raise UserError("--transport libp2p runs on loopback only; --netns and --sites use Zenoh")
     if opts.netns or opts.link or opts.partition or opts.sites != 1 or opts.kill_router:
         from fednode.testnet.netrun import validate_network_options
         validate_network_options(opts)
@@ -97,6 +106,8 @@ def register(sub) -> None:
                    help="put the nodes in N sites joined only through Zenoh routers (needs --netns)")
     p.add_argument("--kill-router", metavar="SPEC", help='e.g. "site=1 at=20s for=20s": SIGKILL that '
                    'site\'s router and restart it (needs --sites)')
+    p.add_argument("--transport", default="zenoh", choices=["zenoh", "libp2p"],
+                   help="libp2p: nodes on fixed loopback ports, bootstrapping to nodes 0 and 1")
     from fednode.testnet.adversary import register_flags
     register_flags(p)
     p.set_defaults(func=cmd_testnet)

@@ -132,6 +132,7 @@ class Testnet:
         # a scouting port of its own: concurrent testnets on this machine never even connect to each other
         scout = self.scout = f"224.0.0.224:{20000 + secrets.randbelow(40000)}"
         allow.to_file(allow_path)
+        libp2p = _libp2p_addresses(idents) if self.opts.transport == "libp2p" else None
         for i, ident in enumerate(idents):
             d = self.workdir / f"node{i}"
             cfg = NodeConfig(federation=self.federation, state_dir=d, allow_list=allow_path,
@@ -149,8 +150,11 @@ class Testnet:
                              else 60.0 + 2.0 * self.opts.nodes,
                              secure_aggregation=self.opts.secure_aggregation, dp=self.opts.dp,
                              dp_noise_multiplier=self.opts.dp_noise_multiplier, dp_clip=self.opts.dp_clip,
-                             dp_epsilon=self.opts.dp_epsilon, dp_delta=self.opts.dp_delta).validate()
-            cfg = node_config(self.opts, cfg, i, self.attackers)
+                             dp_epsilon=self.opts.dp_epsilon, dp_delta=self.opts.dp_delta)
+            if libp2p is not None:
+                cfg.transport, cfg.libp2p_listen = "libp2p", [libp2p[i][0]]
+                cfg.bootstrap = [f"{a}/p2p/{lp}" for j, (a, lp) in enumerate(libp2p[:2]) if j != i]
+            cfg = node_config(self.opts, cfg.validate(), i, self.attackers)
             if self.net is not None:
                 cfg = self.net.node_config(i, cfg)
             cfg_path = d / "config.toml"
@@ -342,6 +346,26 @@ class Testnet:
 
 class _Abort(Exception):
     pass
+
+
+def _libp2p_addresses(idents: list[Identity]) -> list[tuple[str, str]]:
+    """(listen multiaddr, libp2p peer id) per node: a free 127.0.0.1 port each, kept across restarts
+    so that peers re-dial a restarted node where it was."""
+    import socket
+
+    from fednode.gossip.transports.binding import libp2p_peer_id
+    socks = []
+    try:
+        for _ in idents:  # hold every socket until all ports are drawn: no port twice
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        ports = [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+    return [(f"/ip4/127.0.0.1/tcp/{port}", libp2p_peer_id(ident.public_key_bytes))
+            for port, ident in zip(ports, idents)]
 
 
 def _log_tail(path: Path) -> str:

@@ -72,6 +72,10 @@ class TestnetOptions:
     stagger_s: float = 0.0
     """Pause between two node launches (spreads the JAX start-ups of a large testnet)."""
 
+    transport: str = "zenoh"
+    """"zenoh" (scouting on lo) or "libp2p" (each node on a fixed 127.0.0.1 port chosen by the launcher,
+    bootstrapping to nodes 0 and 1; peer exchange finds the rest)."""
+
     def check(self) -> "TestnetOptions":
         """Raise ConfigError (one line for the user) on values no node could run with."""
         if self.nodes < 1 or self.rounds < 1:
@@ -89,4 +93,6 @@ class TestnetOptions:
             raise ConfigError(f"--lease-ms must be >= 100 (ms), not {self.lease_ms}")
         if self.stagger_s < 0 or (self.wait_peers_s is not None and self.wait_peers_s < 0):
             raise ConfigError("--stagger and --wait-peers must be >= 0")
+        if self.transport not in ("zenoh", "libp2p"):
+            raise ConfigError(f"--transport must be zenoh or libp2p, not {self.transport!r}")
         return self
