@@ -26,6 +26,13 @@ nodes), counters replace the done scan, nonces come from 4 KiB blocks of the sam
 envelope is joined in one copy (byte-identical to msgpack's), and fast mode drops the signature
 and the payload hash (what remains is the protocol itself: header parse and checks, replay
 guard, round logic, mixing, the event queue).
+
+After (cProfile, 300 nodes x 4 rounds, fast mode): 16 messages per node-round (4 HELLO,
+4 CONTRIBUTE, 8 COMMIT: in a lockstep federation COMMITs cross in flight and each "w" request is
+answered once more), all of it per-message Python: sealing 29% of the run (header packing, the
+sealer's parse, joining 80 KB payloads), opening 26% (framing, checks, replay guard; the parse
+is reused), the machine's dispatch and phase logic about 35%, the simulator's queue and
+delivery 5%, mixing 4%. The cost per node-round is then nearly flat in N (see the ratios).
 """
 
 from __future__ import annotations
@@ -92,7 +99,7 @@ def run(n: int, degree: int, rounds: int, dim: int, seed: int, signed: bool) -> 
     cfg = RoundConfig(federation="bench", degree=degree, max_rounds=rounds)
     X0 = np.random.default_rng(seed).normal(size=(n, dim))
     tracker = _Disagreement(n, dim)
-    t0, c0 = time.perf_counter(), time.process_time()
+    t0 = time.perf_counter()
     sim = Simulator(n, config=cfg, initial_models=[{"w": X0[i]} for i in range(n)], seed=seed, train_time=0.01,
                     keep_models=False, signed=signed, on_round_end=tracker)
     setup = time.perf_counter() - t0

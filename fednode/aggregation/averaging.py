@@ -20,8 +20,11 @@ def mix(own: Mapping[str, np.ndarray], neighbours: Mapping[Hashable, Mapping[str
     for name, x in own.items():
         xi = np.asarray(x, dtype=np.float64)
         acc = np.zeros_like(xi)
+        tmp = np.empty_like(xi)  # in place: the same operations (bit for bit), no temporaries per neighbour
         for peer in sorted(weights, key=repr):
-            acc += weights[peer] * (np.asarray(neighbours[peer][name], dtype=np.float64) - xi)
+            np.subtract(np.asarray(neighbours[peer][name], dtype=np.float64), xi, out=tmp)
+            tmp *= weights[peer]
+            acc += tmp
         out[name] = (xi + acc).astype(np.asarray(x).dtype)
     return out
 

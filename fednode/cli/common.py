@@ -22,11 +22,16 @@ def user_errors() -> tuple[type[BaseException], ...]:
         types += [DataError, TaskError]
     except ImportError:
         pass
+    from fednode.testnet.linkspec import SpecError
+    from fednode.testnet.netns import NetnsError
+    types += [SpecError, NetnsError]
     try:
         from fednode.gossip.transports.zenoh_transport import TransportError
         types.append(TransportError)
     except ImportError:
         pass
+    from fednode.gossip.transports.libp2p_settings import TransportError as Libp2pTransportError
+    types.append(Libp2pTransportError)
     return tuple(types)
 
 

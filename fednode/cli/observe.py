@@ -28,15 +28,19 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from fednode.gossip.transports.zenoh_transport import ZenohSettings, list_status
-    from fednode.node.status import StatusVerifier
+    from fednode.gossip.status import StatusVerifier
     from fednode.security.envelope import Reject
     from fednode.security.identity import AllowList
     allow = AllowList.from_file(Path(args.allow_list))
-    settings = ZenohSettings(federation=args.federation, peer_id=b"\x00" * 32, mode=args.mode,
-                             listen=["tcp/127.0.0.1:0"] if args.interface == "lo" else ["tcp/0.0.0.0:0"],
-                             connect=args.connect or [], multicast_scouting=not args.no_multicast,
-                             multicast_interface=args.interface)
-    raw = list_status(settings, timeout_s=args.timeout)
+    if getattr(args, "transport", "zenoh") == "libp2p":
+        from fednode.cli.transports import list_status_libp2p
+        raw = list_status_libp2p(args.bootstrap or [], args.timeout)
+    else:
+        settings = ZenohSettings(federation=args.federation, peer_id=b"\x00" * 32, mode=args.mode,
+                                 listen=["tcp/127.0.0.1:0"] if args.interface == "lo" else ["tcp/0.0.0.0:0"],
+                                 connect=args.connect or [], multicast_scouting=not args.no_multicast,
+                                 multicast_interface=args.interface)
+        raw = list_status(settings, timeout_s=args.timeout)
     verifier = StatusVerifier(args.federation, allow)
     rows = []
     for peer, data in sorted(raw.items()):
@@ -86,4 +90,6 @@ def register(sub) -> None:
     p.add_argument("--no-multicast", action="store_true")
     p.add_argument("--timeout", type=float, default=3.0)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--transport", default="zenoh", choices=["zenoh", "libp2p"])
+    p.add_argument("--bootstrap", action="append", help="libp2p: a member's /ip4/HOST/tcp/PORT/p2p/PEERID")
     p.set_defaults(func=cmd_status)

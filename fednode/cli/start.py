@@ -49,6 +49,7 @@ _START_FLAGS = {
     "--secure-aggregation": ("secure_aggregation", str,
                              "off | retry | secagg+: neighbours see only masked sums (docs/security.md)"),
     "--log-level": ("log_level", str, "debug | info | warning"),
+    "--transport": ("transport", str, "zenoh (default) | libp2p (needs pip install -e '.[libp2p]')"),
 }
 
 
@@ -60,6 +61,12 @@ def _add_start_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--connect", action="append", default=None, help="endpoint to connect to (router or peer)")
     p.add_argument("--no-multicast", dest="multicast", action="store_const", const=False, default=None,
                    help="disable multicast scouting (use --connect)")
+    p.add_argument("--bootstrap", action="append", default=None,
+                   help="libp2p: peer to join through, /ip4/HOST/tcp/PORT/p2p/PEERID (repeatable)")
+    p.add_argument("--libp2p-listen", dest="libp2p_listen", action="append", default=None,
+                   help="libp2p listen multiaddr, e.g. /ip4/0.0.0.0/tcp/4001 (repeatable)")
+    p.add_argument("--announce", dest="libp2p_announce", action="append", default=None,
+                   help="libp2p: address told to peers, e.g. /ip4/192.0.2.7/tcp/4001 (repeatable)")
     p.add_argument("--forever", action="store_true", help="run until stopped (overrides rounds in the config)")
     p.add_argument("--tui", action="store_true", help="show the dashboard, focused on this node (logs go to "
                    "<state-dir>/node.log)")
@@ -70,6 +77,8 @@ def _start_config(args: argparse.Namespace) -> NodeConfig:
     overrides["listen"] = args.listen
     overrides["connect"] = args.connect
     overrides["multicast"] = args.multicast
+    for key in ("bootstrap", "libp2p_listen", "libp2p_announce"):
+        overrides[key] = getattr(args, key, None)
     cfg = NodeConfig.from_sources(Path(args.config) if args.config else None, overrides)
     if args.forever:
         cfg.rounds = None
@@ -113,7 +122,11 @@ def cmd_start(args: argparse.Namespace) -> int:
     if identity.peer_id not in allow_list:
         raise UserError(f"this node's own key is not on the allow-list {cfg.allow_list_path}")
     # check the network settings before the slow trainer start: bad endpoints fail at once, in one line
-    zenoh_settings_for(cfg, identity.peer_id).preflight()
+    from fednode.cli.transports import transport_factory_for
+    factory = transport_factory_for(cfg, identity, allow_list)
+    if getattr(args, "tui", False) and cfg.transport != "zenoh":
+        raise UserError("the dashboard observes a federation over Zenoh only; over libp2p use "
+                        "`fednode status --transport libp2p --bootstrap ADDR`")
     setup_logging(cfg.log_level, identity.short_id)
     from fednode.node.trainer import configure_jax_for_multiprocess
     if os.environ.get("FEDNODE_SINGLE_THREAD") == "1":
@@ -124,12 +137,8 @@ def cmd_start(args: argparse.Namespace) -> int:
                       split=cfg.split, alpha=cfg.alpha, data_dir=cfg.data_dir, local_epochs=cfg.local_epochs,
                       batch_size=cfg.batch_size, learning_rate=cfg.learning_rate)
     _configure_dp(cfg, trainer)
-    from fednode.gossip.transports.zenoh_transport import ZenohTransport
     settings = zenoh_settings_for(cfg, identity.peer_id)
     from fednode.node.runtime import NodeRuntime
-
-    def factory(**callbacks):
-        return ZenohTransport(settings, **callbacks)
 
     runtime = NodeRuntime(cfg, trainer=trainer, identity=identity, allow_list=allow_list,
                           transport_factory=factory)

@@ -16,6 +16,7 @@ from typing import Any
 from fednode.gossip.config import AGGREGATORS, RoundConfig
 
 _FEDERATION_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_MULTIADDR_RE = re.compile(r"/(?:ip4|ip6|dns|dns4|dns6)/[^/\s]+/tcp/\d{1,5}(/p2p/[1-9A-HJ-NP-Za-km-z]+)?")
 
 
 class ConfigError(Exception):
@@ -42,6 +43,13 @@ class NodeConfig:
     mode: str = "peer"
     """"peer" (LAN, scouting) or "client" (join through a Zenoh router given in ``connect``)."""
     lease_ms: int = 3000
+    transport: str = "zenoh"
+    """"zenoh" (scouting, routers) or "libp2p" (bootstrap multiaddrs, Noise; the optional extra)."""
+    bootstrap: list[str] = field(default_factory=list)
+    """libp2p: peers to join through, /ip4/HOST/tcp/PORT/p2p/PEERID (peer exchange finds the rest)."""
+    libp2p_listen: list[str] = field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/0"])
+    libp2p_announce: list[str] = field(default_factory=list)
+    """libp2p: addresses told to peers (default: the listen addresses)."""
     # learning
     task: str = "digits"
     data_dir: Path | None = None
@@ -177,6 +185,14 @@ class NodeConfig:
         for ep in [*self.listen, *self.connect]:
             if not re.match(r"^(tcp|udp|tls|quic|ws)/[^\s/]+:\d{1,5}$", ep) and not ep.startswith("tcp/["):
                 raise ConfigError(f"endpoint {ep!r} is not of the form tcp/HOST:PORT")
+        if self.transport not in ("zenoh", "libp2p"):
+            raise ConfigError(f"transport must be 'zenoh' or 'libp2p', not {self.transport!r}")
+        for key in ("bootstrap", "libp2p_listen", "libp2p_announce"):
+            for addr in getattr(self, key):
+                m = _MULTIADDR_RE.fullmatch(addr) if isinstance(addr, str) else None
+                if m is None or (key == "bootstrap" and not m[1]):
+                    raise ConfigError(f"{key} address {addr!r} is not of the form /ip4/HOST/tcp/PORT"
+                                      + ("/p2p/PEERID" if key == "bootstrap" else ""))
         try:
             self.round_config()
         except ValueError as exc:
@@ -206,7 +222,7 @@ class NodeConfig:
         for key in ("state_dir", "identity", "allow_list", "data_dir"):
             if values.get(key) is not None:
                 values[key] = Path(values[key])
-        for key in ("listen", "connect"):
+        for key in ("listen", "connect", "bootstrap", "libp2p_listen", "libp2p_announce"):
             if isinstance(values.get(key), str):
                 values[key] = [values[key]]
         try:

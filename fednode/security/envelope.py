@@ -7,6 +7,8 @@ Wire form::
                             nonce16, ts_ms, sha256(payload), layout, meta])
     sig          = Ed25519(sk, SIG_DOMAIN + header_bytes)
 
+Framing and the structural header parse live in :mod:`fednode.security.header`.
+
 The signature covers the exact received header bytes, so msgpack canonicalisation never
 matters; the payload is bound through its hash. The payload is raw little-endian array bytes
 described by ``layout`` (:mod:`fednode.security.arrays`): no pickle, no object decoding, no
@@ -28,7 +30,6 @@ accepted by a signed receiver: their signature does not verify.
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import operator
 import os
@@ -41,27 +42,16 @@ import numpy as np
 from cryptography.exceptions import InvalidSignature
 
 from fednode.security.arrays import ModelSpec, decode_arrays, encode_arrays
+from fednode.security.header import (  # noqa: F401 (names of the wire format, re-exported)
+                                     HEADER_FIELDS, ID_BYTES, MAX_HEADER_ARRAY_LEN, MAX_HEADER_BYTES,
+                                     MAX_HEADER_MAP_LEN, MAX_HEADER_STR_LEN, MAX_META_DEPTH, MAX_UINT, NONCE_BYTES,
+                                     SHA_BYTES, SIG_BYTES, UNSIGNED_PAYLOAD_HASH, UNSIGNED_SIG, Header, MsgType,
+                                     _parse_header, _unpack_header, pack_envelope)
 from fednode.security.identity import AllowList, Identity
 from fednode.security.replay import OffenderTracker, ReplayGuard
 
 PROTOCOL_VERSION = 1
 SIG_DOMAIN = b"fednode/v1/sig\x00"
-
-ID_BYTES = 32
-NONCE_BYTES = 16
-SHA_BYTES = 32
-SIG_BYTES = 64
-UNSIGNED_SIG = bytes(SIG_BYTES)
-UNSIGNED_PAYLOAD_HASH = bytes(SHA_BYTES)
-HEADER_FIELDS = 12
-MAX_HEADER_BYTES = 1 << 20
-"""Headers carry ids, a layout and small metadata; anything bigger is refused before parsing it."""
-MAX_HEADER_ARRAY_LEN = 1 << 16
-MAX_HEADER_MAP_LEN = 1 << 12
-MAX_HEADER_STR_LEN = 1 << 16
-MAX_META_DEPTH = 16
-MAX_UINT = 2**63 - 1
-"""Round, attempt and timestamp are non-negative and fit an int64."""
 
 SPEC_DTYPES = "spec"
 """Entry of :attr:`VerifyContext.allowed_payload_dtypes` meaning 'exactly the model spec's own dtypes'."""
@@ -80,47 +70,6 @@ Stale, future, timestamp, replay, duplicate, wrong recipient/federation and payl
 are excluded: anyone can cause them by replaying or tampering with captured traffic, so
 counting them would let a third party get an honest peer banned.
 """
-
-
-class MsgType(enum.IntEnum):
-    HELLO = 1
-    CONTRIBUTE = 2
-    RETRY = 3
-    COMMIT = 4
-    MODEL_REQUEST = 5
-    MODEL_REPLY = 6
-    STATUS = 7
-    SETUP = 8
-    """Secure aggregation: aggregator -> contributor, the attempt's contributor set and relayed HELLOs."""
-    UNMASK = 9
-    """Secure aggregation: aggregator -> contributor, every masked contribution of the attempt is in."""
-    REVEAL = 10
-    """Secure aggregation: contributor -> aggregator, the attempt's self-mask seed (or, mode B, shares)."""
-    SHARES = 11
-    """Secure aggregation mode B: contributor -> aggregator, AEAD-sealed Shamir share bundles for the others."""
-    RELAY = 12
-    """Secure aggregation mode B: aggregator -> contributor, the bundles addressed to it and the set U1."""
-
-
-_MSG_TYPES = frozenset(int(t) for t in MsgType)
-
-
-@dataclass(frozen=True)
-class Header:
-    """The signed header, as parsed from the verified header bytes."""
-
-    version: int
-    msg_type: int
-    sender: bytes
-    recipient: bytes
-    federation: str
-    round: int
-    attempt: int
-    nonce: bytes
-    timestamp_ms: int
-    payload_sha256: bytes
-    layout: ModelSpec
-    meta: dict
 
 
 @dataclass(frozen=True)
@@ -293,94 +242,6 @@ def seal(identity: Identity, *, msg_type: int, recipient: bytes, federation: str
     return pack_envelope(header_bytes, payload, sig)
 
 
-def _bin_prefix(n: int) -> bytes:
-    if n < 1 << 8:
-        return b"\xc4" + n.to_bytes(1, "big")
-    if n < 1 << 16:
-        return b"\xc5" + n.to_bytes(2, "big")
-    if n < 1 << 32:
-        return b"\xc6" + n.to_bytes(4, "big")
-    raise ValueError("envelope part too large for msgpack bin 32")
-
-
-def pack_envelope(header_bytes: bytes, payload: bytes, sig: bytes) -> bytes:
-    """``msgpack.packb([header_bytes, payload, sig], use_bin_type=True)``, byte for byte, in one copy.
-
-    msgpack's packer stages a large payload in a fresh buffer of its own (page faults on every
-    80 KB model); joining the three bin items directly is 20-40x cheaper (benchmarks/bench_simulator.py).
-    """
-    return b"".join((b"\x93", _bin_prefix(len(header_bytes)), header_bytes, _bin_prefix(len(payload)), payload,
-                     _bin_prefix(len(sig)), sig))
-
-
-# ---------------------------------------------------------------------------------------------- opening
-
-def _is_uint(v: object) -> bool:
-    return type(v) is int and 0 <= v <= MAX_UINT  # type() is exact: bool is not an int here
-
-
-def _meta_ok(meta: object) -> bool:
-    """Plain msgpack data with str keys all the way down, bounded depth (iterative: no recursion)."""
-    stack: list[tuple[object, int]] = [(meta, 0)]
-    while stack:
-        obj, depth = stack.pop()
-        if depth > MAX_META_DEPTH:
-            return False
-        t = type(obj)
-        if t is dict:
-            for k, v in obj.items():  # type: ignore[attr-defined]
-                if type(k) is not str:
-                    return False
-                stack.append((v, depth + 1))
-        elif t is list:
-            stack.extend((v, depth + 1) for v in obj)  # type: ignore[attr-defined]
-        elif t not in (str, bytes, int, float, bool, type(None)):
-            return False  # e.g. msgpack.ExtType(code, b"") slips past max_ext_len=0
-    return True
-
-
-def _unpack_header(header_bytes: bytes) -> object:
-    return msgpack.unpackb(header_bytes, raw=False, strict_map_key=True, use_list=True,
-                           max_bin_len=MAX_HEADER_BYTES, max_str_len=MAX_HEADER_STR_LEN,
-                           max_array_len=MAX_HEADER_ARRAY_LEN, max_map_len=MAX_HEADER_MAP_LEN, max_ext_len=0)
-
-
-def _parse_header(header_bytes: bytes) -> Header | str:
-    """Structural parse of header bytes: a :class:`Header`, or a short reason it is malformed."""
-    try:
-        h = _unpack_header(header_bytes)
-    except Exception:
-        return "header is not bounded msgpack"
-    if type(h) is not list or len(h) != HEADER_FIELDS:
-        return "header is not a 12-element array"
-    (version, msg_type, sender, recipient, federation, rnd, attempt, nonce, ts_ms, sha, layout, meta) = h
-    if type(version) is not int:
-        return "version"
-    if type(msg_type) is not int or msg_type not in _MSG_TYPES:
-        return "message type"
-    if type(sender) is not bytes or len(sender) != ID_BYTES:
-        return "sender"
-    if type(recipient) is not bytes or len(recipient) not in (0, ID_BYTES):
-        return "recipient"
-    if type(federation) is not str:
-        return "federation"
-    if not (_is_uint(rnd) and _is_uint(attempt) and _is_uint(ts_ms)):
-        return "round, attempt or timestamp"
-    if type(nonce) is not bytes or len(nonce) != NONCE_BYTES:
-        return "nonce"
-    if type(sha) is not bytes or len(sha) != SHA_BYTES:
-        return "payload hash"
-    if type(layout) is not list:
-        return "layout"
-    try:
-        spec = ModelSpec.from_layout(layout)
-    except ValueError:
-        return "layout"
-    if type(meta) is not dict or not _meta_ok(meta):
-        return "meta"
-    return Header(version, msg_type, sender, recipient, federation, rnd, attempt, nonce, ts_ms, sha, spec, meta)
-
-
 def _float_checks(arrays: Mapping[str, np.ndarray], ctx: VerifyContext) -> tuple[str, str] | None:
     """Finiteness, norm and magnitude of the floating-point arrays; caller data is only read."""
     floats = {n: a for n, a in arrays.items() if a.dtype.kind == "f"}
@@ -406,7 +267,8 @@ def _float_checks(arrays: Mapping[str, np.ndarray], ctx: VerifyContext) -> tuple
                 return "norm", f"{norm:.6g} > {ctx.max_norm:.6g}"
         if ctx.max_abs is not None:
             for name, a in floats.items():
-                if a.size and not float(np.max(np.abs(a))) <= ctx.max_abs:
+                # max|a| as max(max a, -min a): same value (a is finite here), no |a| temporary
+                if a.size and not max(float(a.max()), -float(a.min())) <= ctx.max_abs:
                     return "magnitude", name
     return None
 
@@ -559,6 +421,6 @@ def _signer_of_malformed(header_bytes: bytes, to_verify: bytes, sig: bytes, ctx:
 
 __all__ = [
     "ATTRIBUTABLE_REASONS", "Header", "MAX_HEADER_BYTES", "Message", "MsgType", "PROTOCOL_VERSION",
-    "REJECT_REASONS", "Reject", "SIG_DOMAIN", "SPEC_DTYPES", "UNSIGNED_PAYLOAD_HASH", "UNSIGNED_SIG", "VerifyContext",
-    "open_envelope", "seal",
+    "MAX_META_DEPTH", "REJECT_REASONS", "Reject", "SIG_DOMAIN", "SPEC_DTYPES", "UNSIGNED_PAYLOAD_HASH", "UNSIGNED_SIG",
+    "VerifyContext", "open_envelope", "pack_envelope", "seal",
 ]

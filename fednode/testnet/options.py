@@ -42,6 +42,17 @@ class TestnetOptions:
     node_nice: int = 0
     """Run the node processes at this niceness (the dashboard's --tui mode uses 5 so that, on a small
     machine shared with N training processes, the terminal UI still gets the CPU when a key is pressed)."""
+    # real networks (docs: README "Real networks"; fednode/testnet/netrun.py)
+    netns: bool = False
+    """Each node in a network namespace of its own (root only)."""
+    link: list[str] = field(default_factory=list)
+    """--link specs: "delay=50ms jitter=10ms loss=2% rate=20mbit", "3:..." (node 3) or "site1:..."."""
+    partition: str | None = None
+    """--partition "at=20s for=30s groups=0-3|4-7"."""
+    sites: int = 1
+    """Sites joined only through Zenoh routers (one router per site; needs netns)."""
+    kill_router: str | None = None
+    """--kill-router "site=1 at=20s for=20s"."""
     # Byzantine fault injection (fednode/testnet/adversary.py)
     byzantine: int = 0
     """This many node processes poison their contributions with ``attack`` (marked in the report)."""
@@ -61,6 +72,10 @@ class TestnetOptions:
     stagger_s: float = 0.0
     """Pause between two node launches (spreads the JAX start-ups of a large testnet)."""
 
+    transport: str = "zenoh"
+    """"zenoh" (scouting on lo) or "libp2p" (each node on a fixed 127.0.0.1 port chosen by the launcher,
+    bootstrapping to nodes 0 and 1; peer exchange finds the rest)."""
+
     def check(self) -> "TestnetOptions":
         """Raise ConfigError (one line for the user) on values no node could run with."""
         if self.nodes < 1 or self.rounds < 1:
@@ -78,4 +93,6 @@ class TestnetOptions:
             raise ConfigError(f"--lease-ms must be >= 100 (ms), not {self.lease_ms}")
         if self.stagger_s < 0 or (self.wait_peers_s is not None and self.wait_peers_s < 0):
             raise ConfigError("--stagger and --wait-peers must be >= 0")
+        if self.transport not in ("zenoh", "libp2p"):
+            raise ConfigError(f"--transport must be zenoh or libp2p, not {self.transport!r}")
         return self
