@@ -204,3 +204,86 @@ def test_scanner_flags_bad_sources() -> None:
     ]
     for src in good:
         assert find_violations(src) == [], src
+
+
+# ------------------------------------------------------------------------------------------ layering (issue 13)
+
+def fednode_imports(source: str, module: str) -> set[str]:
+    """Every ``fednode...`` module ``source`` imports, at any depth (lazy imports in functions too)."""
+    out: set[str] = set()
+    package = module.rsplit(".", 1)[0]
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.split(".")[0] == "fednode"}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative import: resolve against the importing module's package
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
+            if base.split(".")[0] == "fednode":
+                out.add(base)
+                out |= {f"{base}.{a.name}" for a in node.names}
+    return out
+
+
+def layering_violations(sources: dict[str, str]) -> list[str]:
+    """Imports that run against the layering: ``sources`` maps module names to their source text.
+
+    - ``tui/`` depends only on what it shows: the status codec, the transports, identities (no runtime,
+      no testnet, no CLI);
+    - nothing imports the CLI but the CLI itself and ``fednode/__main__``;
+    - the protocol core (gossip, security, aggregation) imports nothing from node, testnet, tui or cli.
+    """
+    def under(name: str, *prefixes: str) -> bool:
+        return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+    tui_allowed = ("fednode.tui", "fednode.gossip.status", "fednode.gossip.transports", "fednode.security")
+    upper = ("fednode.node", "fednode.testnet", "fednode.tui", "fednode.cli")
+    out = []
+    for module, source in sorted(sources.items()):
+        for imp in sorted(fednode_imports(source, module)):
+            if imp == "fednode":
+                continue
+            if under(module, "fednode.tui") and not under(imp, *tui_allowed):
+                out.append(f"{module} imports {imp} (tui/ may use only status, transports, security)")
+            if under(imp, "fednode.cli") and not under(module, "fednode.cli", "fednode.__main__"):
+                out.append(f"{module} imports {imp} (only the entry point may import the CLI)")
+            if under(module, "fednode.gossip", "fednode.security", "fednode.aggregation") and under(imp, *upper):
+                out.append(f"{module} imports {imp} (the protocol core stays below node/testnet/tui/cli)")
+    return out
+
+
+def _package_sources() -> dict[str, str]:
+    sources = {}
+    for path in sorted(PKG.rglob("*.py")):
+        rel = path.relative_to(ROOT).with_suffix("")
+        parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+        sources[".".join(parts)] = path.read_text(encoding="utf-8")
+    return sources
+
+
+def test_layering_of_the_package() -> None:
+    sources = _package_sources()
+    assert "fednode.tui.app" in sources and "fednode.gossip.round" in sources
+    assert layering_violations(sources) == []
+
+
+def test_layering_check_flags_bad_imports() -> None:
+    bad = {
+        "fednode.tui.app": "def f():\n    from fednode.node.status import StatusVerifier\n",
+        "fednode.tui.model": "from ..node import runtime\n",
+        "fednode.testnet.launcher": "import fednode.cli.start\n",
+        "fednode.gossip.round": "from fednode.testnet.simulator import Simulator\n",
+        "fednode.security.envelope": "from fednode.tui import model\n",
+        "fednode.aggregation.mixing": "from fednode.node.config import NodeConfig\n",
+    }
+    found = layering_violations(bad)
+    assert {f.split()[0] for f in found} == set(bad), found
+    good = {
+        "fednode.tui.app": "from fednode.gossip.status import StatusVerifier\n"
+                           "from fednode.gossip.transports.zenoh_transport import ZenohObserver\n",
+        "fednode.__main__": "from fednode.cli import main\n",
+        "fednode.cli.start": "from fednode.node.runtime import NodeRuntime\nfrom fednode.cli.common import die\n",
+        "fednode.node.runtime": "from fednode.gossip.round import GossipNode\n",
+    }
+    assert layering_violations(good) == []

@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fednode.cli import keygen, observe, plot, privacy, start, testnet
+from fednode.cli import keygen, observe, plot, privacy, router, start, testnet
 from fednode.cli.common import UserError, user_errors
 
 __all__ = ["UserError", "build_parser", "main"]
 
-_COMMANDS = (keygen, start, observe, testnet, privacy, plot)
+_COMMANDS = (keygen, start, observe, testnet, privacy, plot, router)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,6 +22,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
         types += [DataError, TaskError]
     except ImportError:
         pass
+    from fednode.testnet.linkspec import SpecError
+    from fednode.testnet.netns import NetnsError
+    types += [SpecError, NetnsError]
     try:
         from fednode.gossip.transports.zenoh_transport import TransportError
         types.append(TransportError)

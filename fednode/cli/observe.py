@@ -28,7 +28,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from fednode.gossip.transports.zenoh_transport import ZenohSettings, list_status
-    from fednode.node.status import StatusVerifier
+    from fednode.gossip.status import StatusVerifier
     from fednode.security.envelope import Reject
     from fednode.security.identity import AllowList
     allow = AllowList.from_file(Path(args.allow_list))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fednode.cli.common import UserError
+
 
 def cmd_testnet(args: argparse.Namespace) -> int:
     from fednode.testnet.launcher import TestnetOptions, run_testnet
@@ -22,12 +24,26 @@ def cmd_testnet(args: argparse.Namespace) -> int:
     opts.transport = args.transport
     opts.check()
     if args.transport == "libp2p":
-        from fednode.cli.common import UserError
         from fednode.gossip.transports.libp2p_settings import INSTALL_HINT, libp2p_available
         if not libp2p_available():
             raise UserError(INSTALL_HINT)
         if args.tui:
             raise UserError("the dashboard observes over Zenoh only; run the libp2p testnet without --tui")
+    opts.netns, opts.link, opts.partition = args.netns, args.link or [], args.partition
+    opts.sites, opts.kill_router = args.sites, args.kill_router
+    if args.transport == "libp2p" and (args.netns or args.sites != 1):
+        raise UserError("--transport libp2p runs on loopback only; --netns and --sites use Zenoh")
+    if opts.netns or opts.link or opts.partition or opts.sites != 1 or opts.kill_router:
+        from fednode.testnet.netrun import validate_network_options
+        validate_network_options(opts)
+        if args.tui:
+            raise UserError("--tui does not work with --netns yet (the dashboard runs outside the namespaces)")
+        import signal
+
+        def on_term(signum, frame):  # SIGTERM cleans up like Ctrl-C: nodes, shims, routers, namespaces
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, on_term)
     from fednode.testnet.adversary import apply_cli
     apply_cli(opts, args)
     if args.tui:
@@ -79,6 +95,17 @@ def register(sub) -> None:
                    help="a fresh node waits this long for all peers before round 0 (default 60 + 2 per node)")
     p.add_argument("--stagger", dest="stagger_s", type=float, default=0.0,
                    help="seconds between two node launches (large testnets on few cores)")
+    p.add_argument("--netns", action="store_true",
+                   help="each node in a network namespace of its own (root; README 'Real networks')")
+    p.add_argument("--link", action="append", metavar="SPEC",
+                   help='egress impairment, e.g. "delay=50ms jitter=10ms loss=2%% rate=20mbit"; prefix "3:" '
+                        'for one node or "site1:" for one site (repeatable; needs --netns)')
+    p.add_argument("--partition", metavar="SPEC",
+                   help='cut the federation, e.g. "at=20s for=30s groups=0-3|4-7" (needs --netns)')
+    p.add_argument("--sites", type=int, default=1,
+                   help="put the nodes in N sites joined only through Zenoh routers (needs --netns)")
+    p.add_argument("--kill-router", metavar="SPEC", help='e.g. "site=1 at=20s for=20s": SIGKILL that '
+                   'site\'s router and restart it (needs --sites)')
     p.add_argument("--transport", default="zenoh", choices=["zenoh", "libp2p"],
                    help="libp2p: nodes on fixed loopback ports, bootstrapping to nodes 0 and 1")
     from fednode.testnet.adversary import register_flags

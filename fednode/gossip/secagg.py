@@ -47,7 +47,7 @@ from fednode.security.kdf import X25519_KEY_BYTES
 from fednode.security.masking import apply_prg_terms, mask_partners, masked_contribution
 from fednode.security.replay import ReplayGuard
 from fednode.security import shamir
-from fednode.security.ring import B_MAX, FRAC_BITS, encode
+from fednode.security.ring import B_MAX, FRAC_BITS, decode, encode
 
 MODES = ("off", "retry", "secagg+")
 """Secure-aggregation modes: plaintext gossip, mode A (retry over survivors), mode B (SecAgg+)."""
@@ -151,6 +151,13 @@ def plausible(sum_flat: np.ndarray, weight_sum: float, *, bound: float = B_MAX, 
     if not np.isfinite(sum_flat).all():
         return False
     return float(np.max(np.abs(sum_flat))) <= bound * float(weight_sum) + n * 2.0 ** (-frac_bits)
+
+
+def open_sum(ring_total: np.ndarray, weight_sum: float, *, bound: float = B_MAX, n: int = 1
+             ) -> tuple[str, np.ndarray | None]:
+    """(digest, S_i) of an unmasked ring sum; S_i is None when it fails :func:`plausible` (discard it)."""
+    total = decode(ring_total)
+    return ring_digest(ring_total), (total if plausible(total, weight_sum, bound=bound, n=n) else None)
 
 
 def apply_sum(half: Model, spec: ModelSpec, sum_flat: np.ndarray, weight_sum: float) -> Model:

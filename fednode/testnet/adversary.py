@@ -76,14 +76,15 @@ def register_flags(p) -> None:
 
 
 def apply_cli(opts: Any, args: Any) -> None:
-    """Copy the adversary flags into ``opts``; bad combinations are one-line user errors."""
-    from fednode.cli.common import UserError
+    """Copy the adversary flags into ``opts``; bad combinations are one-line user errors (ConfigError: the
+    CLI prints it as ``fednode: error: ...``; testnet/ sits below the CLI and does not import it)."""
+    from fednode.node.config import ConfigError
     opts.byzantine, opts.attack = args.byzantine, args.attack
     opts.clip = args.clip
     opts.validation_filter = args.validation_filter
     try:
         check_options(opts)
     except ValueError as exc:
-        raise UserError(str(exc)) from None
+        raise ConfigError(str(exc)) from None
     if opts.validation_filter and opts.secure_aggregation != "off":
-        raise UserError("--validation-filter reads each neighbour's model: it needs --secure-aggregation off")
+        raise ConfigError("--validation-filter reads each neighbour's model: it needs --secure-aggregation off")

@@ -29,6 +29,8 @@ Report (a stable interface for scripts; more fields may be added, none removed):
          round_time_median_s, bytes_sent_total (sum of the nodes' cumulative bytes sent),
          t_s (median wall time at which the round ended, s since start)}
 The per-round models come from each node's ``trajectory.bin`` (``record_trajectory``, on in the testnet).
+With --netns: network (see fednode/testnet/netrun.py): {netns, run_id, sites, site_of_node,
+    addresses, links, links_measured, partition, shims, router_events, router_links}.
 """
 
 from __future__ import annotations
@@ -90,6 +92,9 @@ class Testnet:
             raise ValueError("--nodes must be >= 1")
         if opts.rounds < 1:
             raise ValueError("--rounds must be >= 1")
+        if opts.netns or opts.link or opts.partition or opts.sites != 1 or opts.kill_router:
+            from fednode.testnet.netrun import validate_network_options
+            validate_network_options(opts)  # before anything is created
         self.opts = opts
         self.federation = opts.federation or f"testnet-{secrets.token_hex(4)}"
         self._own_workdir = opts.workdir is None
@@ -102,6 +107,10 @@ class Testnet:
         self._env.update({"FEDNODE_SINGLE_THREAD": "1", "JAX_PLATFORMS": "cpu",
                           "PYTHONUNBUFFERED": "1",
                           "JAX_COMPILATION_CACHE_DIR": str(self.workdir / "jax-cache")})
+        self.net = None
+        if opts.netns:  # namespaces, impairment, partitions, sites (fednode/testnet/netrun.py)
+            from fednode.testnet.netrun import NetRun
+            self.net = NetRun(opts, self.workdir, say=self._say)
 
     # ------------------------------------------------------------------ setup
 
@@ -146,16 +155,20 @@ class Testnet:
                 cfg.transport, cfg.libp2p_listen = "libp2p", [libp2p[i][0]]
                 cfg.bootstrap = [f"{a}/p2p/{lp}" for j, (a, lp) in enumerate(libp2p[:2]) if j != i]
             cfg = node_config(self.opts, cfg.validate(), i, self.attackers)
+            if self.net is not None:
+                cfg = self.net.node_config(i, cfg)
             cfg_path = d / "config.toml"
             cfg_path.write_text(cfg.to_toml())
             self.nodes.append(_Node(i, d, cfg_path, d / "node.log", ident.peer_id))
 
     def _launch(self, node: _Node) -> None:
         log = open(node.log_path, "ab")
+        argv = [sys.executable, "-m", "fednode", "start", "--config", str(node.config_path), *self.opts.extra_args]
+        if self.net is not None:
+            argv = self.net.command(node.index, argv)
         try:
             node.proc = subprocess.Popen(
-                [sys.executable, "-m", "fednode", "start", "--config", str(node.config_path),
-                 *self.opts.extra_args],
+                argv,
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self._env,
                 start_new_session=True, preexec_fn=(lambda n=self.opts.node_nice: os.nice(n))
                 if self.opts.node_nice else None)
@@ -170,6 +183,8 @@ class Testnet:
         self.started_at = time.time()
         self.progress = Progress(self.opts.rounds, quiet=self.opts.quiet)
         try:
+            if self.net is not None:
+                self.net.start(self.started_at)
             for node in self.nodes:
                 self._launch(node)
                 if self.opts.stagger_s:
@@ -183,8 +198,13 @@ class Testnet:
         finally:
             self._stop_all()
             self.progress.finish()
+            if self.net is not None:
+                self.net.close()
+                self.errors += self.net.errors
         wall = time.time() - self.started_at
         report = build_report(self, wall)
+        if self.net is not None:
+            report.update(self.net.report(report))
         if self.opts.report is not None:
             Path(self.opts.report).write_text(json.dumps(report, indent=2))
         if not self.opts.quiet:
@@ -212,6 +232,8 @@ class Testnet:
         while True:
             now = time.time()
             self._poll_status(now)
+            if self.net is not None:
+                self.net.tick(now, any(n.last_round_done >= 0 for n in self.nodes))
             for node in self.nodes:
                 if node.proc is not None and node.exit_code is None:
                     code = node.proc.poll()

@@ -42,6 +42,17 @@ class TestnetOptions:
     node_nice: int = 0
     """Run the node processes at this niceness (the dashboard's --tui mode uses 5 so that, on a small
     machine shared with N training processes, the terminal UI still gets the CPU when a key is pressed)."""
+    # real networks (docs: README "Real networks"; fednode/testnet/netrun.py)
+    netns: bool = False
+    """Each node in a network namespace of its own (root only)."""
+    link: list[str] = field(default_factory=list)
+    """--link specs: "delay=50ms jitter=10ms loss=2% rate=20mbit", "3:..." (node 3) or "site1:..."."""
+    partition: str | None = None
+    """--partition "at=20s for=30s groups=0-3|4-7"."""
+    sites: int = 1
+    """Sites joined only through Zenoh routers (one router per site; needs netns)."""
+    kill_router: str | None = None
+    """--kill-router "site=1 at=20s for=20s"."""
     # Byzantine fault injection (fednode/testnet/adversary.py)
     byzantine: int = 0
     """This many node processes poison their contributions with ``attack`` (marked in the report)."""

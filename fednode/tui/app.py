@@ -67,8 +67,8 @@ class StatusFeed:
     """Zenoh observer + verification; hands results to a queue. Runs on Zenoh's threads."""
 
     def __init__(self, settings: Any, allow_list: Any, out: queue.SimpleQueue) -> None:
-        from fednode.gossip.transports.zenoh_transport import ZenohObserver
-        from fednode.node.status import StatusVerifier
+        from fednode.gossip.transports.zenoh_observer import ZenohObserver
+        from fednode.gossip.status import StatusVerifier
         self._out = out
         self._verifier = StatusVerifier(settings.federation, allow_list)
         self._lock = threading.Lock()

@@ -1,0 +1,82 @@
+"""Verify what arrives: the only place the round machine opens a peer's envelope (PROTOCOL §4).
+
+Also home of the rejection counter and of the readers for the small ``meta`` fields (peer sets,
+degrees) every stage checks: a message is either fully typed here or refused, never half-parsed.
+"""
+
+from __future__ import annotations
+
+from fednode.gossip import secagg
+from fednode.gossip.config import RoundConfig
+from fednode.gossip.events import Action, Rejected
+from fednode.gossip.state import NodeStats
+from fednode.security.arrays import ModelSpec
+from fednode.security.codec import SIGNED, EnvelopeCodec
+from fednode.security.envelope import Message, MsgType, Reject, VerifyContext
+from fednode.security.identity import AllowList
+from fednode.security.replay import OffenderTracker, ReplayGuard
+
+
+class Inbox:
+    """Opens envelopes for one node: signature, admission, round window, replay, layout and bounds."""
+
+    def __init__(self, me: bytes, allow_list: AllowList, config: RoundConfig, spec: ModelSpec,
+                 stats: NodeStats, codec: EnvelopeCodec = SIGNED) -> None:
+        self.me = me
+        self.codec = codec
+        self.allow_list = allow_list
+        self.config = config
+        self.spec = spec
+        self.stats = stats
+        self.replay = ReplayGuard(nonce_ttl_s=2 * config.timestamp_window_s)
+        self.offenders = OffenderTracker()
+
+    def open(self, data: bytes, now: float, *, current_round: int, syncing: bool) -> Message | Reject:
+        future = {int(MsgType.HELLO)}
+        past = {int(MsgType.MODEL_REQUEST)}
+        if syncing:  # a syncing node takes a model reply from any round (it decides on its own)
+            future.add(int(MsgType.MODEL_REPLY))
+            past.add(int(MsgType.MODEL_REPLY))
+        secure = {}
+        if self.config.secure:  # masked '<u8' contributions only; a model reply carries the round, never a model
+            secure = dict(payload_types=frozenset({int(MsgType.CONTRIBUTE)}),
+                          allowed_payload_dtypes=frozenset({secagg.RING_DTYPE}))
+        cfg = self.config
+        ctx = VerifyContext(
+            **secure,
+            self_id=self.me, federation=cfg.federation, allow_list=self.allow_list,
+            current_round=current_round, now_ms=int(now * 1000), replay=self.replay, model_spec=self.spec,
+            unbounded_future_types=frozenset(future), unbounded_past_types=frozenset(past),
+            rounds_behind=cfg.rounds_behind, rounds_ahead=cfg.rounds_ahead,
+            timestamp_window_ms=int(cfg.timestamp_window_s * 1000),
+            max_message_bytes=cfg.max_message_bytes, max_abs=cfg.max_abs, offenders=self.offenders)
+        return self.codec.open(data, ctx)
+
+    def receive(self, out: list[Action], data: bytes, now: float, *, current_round: int,
+                syncing: bool) -> Message | None:
+        """Count the bytes, verify them; a rejection is counted and reported, and gives None."""
+        self.stats.messages_in += 1
+        self.stats.bytes_in += len(data)
+        result = self.open(data, now, current_round=current_round, syncing=syncing)
+        if isinstance(result, Reject):
+            self.reject(out, result)
+            return None
+        return result
+
+    def reject(self, out: list[Action], rej: Reject) -> None:
+        self.stats.rejects[rej.reason] += 1
+        out.append(Rejected(rej.reason, rej.sender, rej.detail))
+
+
+def peer_degree(msg: Message) -> int | None:
+    """The sender's announced degree ``d``, or None when absent or absurd."""
+    d = msg.meta.get("d")
+    return d if isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1_000_000 else None
+
+
+def peer_set(msg: Message, key: str) -> frozenset[bytes] | None:
+    """A list of 32-byte peer ids under ``key``, or None when it is anything else."""
+    value = msg.meta.get(key)
+    if not isinstance(value, list) or not all(isinstance(v, bytes) and len(v) == 32 for v in value):
+        return None
+    return frozenset(value)

@@ -1,0 +1,30 @@
+"""The local step's result becomes x^{r+1/2}: checked against the spec, then the update is clipped.
+
+First step after training in the flow train -> clip -> noise -> encode -> mask -> sign -> send ->
+verify -> unmask -> mix (docs/protocol.md). A bad step never reaches a neighbour: the node keeps x^r.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fednode.security.arrays import Model, ModelSpec
+from fednode.security.clipping import clip_by_global_norm
+
+
+def accept_local_step(spec: ModelSpec, base: Model, model: Model, update_clip: float | None
+                      ) -> tuple[Model | None, str | None]:
+    """(x^{r+1/2}, None), or (None, reason) when the step has the wrong layout or non-finite values.
+
+    With ``update_clip`` C the update x^{r+1/2} - x^r is clipped to L2 norm C (PROTOCOL §1 step 1).
+    """
+    if not spec.matches(model):
+        return None, "bad_local_step_layout"
+    if not all(np.isfinite(v).all() for v in model.values()):
+        return None, "bad_local_step_non_finite"
+    half = {k: np.array(v, copy=True) for k, v in model.items()}
+    if update_clip is not None:
+        delta = {k: half[k].astype(np.float64) - base[k].astype(np.float64) for k in half}
+        clipped, _norm = clip_by_global_norm(delta, update_clip)
+        half = {k: (base[k].astype(np.float64) + clipped[k]).astype(half[k].dtype) for k in half}
+    return half, None
