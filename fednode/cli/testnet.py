@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 from pathlib import Path
 
 from fednode.cli.common import UserError
@@ -38,12 +39,11 @@ def cmd_testnet(args: argparse.Namespace) -> int:
         validate_network_options(opts)
         if args.tui:
             raise UserError("--tui does not work with --netns yet (the dashboard runs outside the namespaces)")
-        import signal
 
-        def on_term(signum, frame):  # SIGTERM cleans up like Ctrl-C: nodes, shims, routers, namespaces
-            raise KeyboardInterrupt
+    def on_term(signum, frame):  # SIGTERM cleans up like Ctrl-C: nodes, shims, routers, namespaces
+        raise KeyboardInterrupt
 
-        signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGTERM, on_term)
     from fednode.testnet.adversary import apply_cli
     apply_cli(opts, args)
     if args.tui:
