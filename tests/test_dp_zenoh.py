@@ -52,7 +52,7 @@ def test_sigkill_and_restart_never_lowers_epsilon_and_every_release_is_in_the_le
     name = "dp-crash"
     fed = Federation(tmp_path, name, 3, rounds=60, dp="local", dp_noise_multiplier=2.0, dp_clip=1.0)
     cap = Capture()
-    tap = ZenohTap(ZenohSettings.loopback(name, b"\x05" * 32), cap)
+    tap = ZenohTap(ZenohSettings.loopback(fed.federation, b"\x05" * 32), cap)
     tap.start()
     victim = 2
     eps_seen: list[float] = []
@@ -103,7 +103,7 @@ def test_a_node_stops_releasing_exactly_when_the_next_release_would_exceed_its_b
     frugal = 3
     _set(fed, frugal, dp_epsilon=budget)
     cap = Capture()
-    tap = ZenohTap(ZenohSettings.loopback(name, b"\x06" * 32), cap)
+    tap = ZenohTap(ZenohSettings.loopback(fed.federation, b"\x06" * 32), cap)
     tap.start()
     try:
         for k in range(4):

@@ -10,6 +10,7 @@ import json
 import os
 import queue
 import signal
+import secrets
 import subprocess
 import sys
 import time
@@ -31,6 +32,8 @@ class Federation:
 
     def __init__(self, root: Path, federation: str, n: int, rounds: int, *, intruders: int = 0,
                  allow: AllowList | None = None, **node_kw) -> None:
+        # a suffix of its own: concurrent test runs on one machine share the loopback scouting group
+        federation = f"{federation}-{secrets.token_hex(3)}"
         self.root, self.federation, self.rounds = root, federation, rounds
         self.procs: dict[int, subprocess.Popen] = {}
         self.dirs: list[Path] = []

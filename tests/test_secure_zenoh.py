@@ -67,7 +67,7 @@ class Capture:
 def _run(tmp_path, name: str, n: int, rounds: int, *, secure: str, victim_env: dict | None = None):
     fed = Federation(tmp_path, name, n, rounds, secure_aggregation=secure, t_agg=2.0, max_retries=2)
     cap = Capture()
-    tap = ZenohTap(ZenohSettings.loopback(name, b"\x07" * 32), cap)
+    tap = ZenohTap(ZenohSettings.loopback(fed.federation, b"\x07" * 32), cap)
     tap.start()
     try:
         time.sleep(0.3)
@@ -184,7 +184,7 @@ def test_a_contributor_killed_after_masking_neither_stalls_nor_corrupts_the_roun
             assert attempt == 0  # are cancelled with its key rebuilt from shares
             assert len(used) == n - 2 + (victim.short_id in used)
             excluded += victim.short_id not in used
-        ring, contributors = _recompute(cap, me, kill_round, attempt, name, used)
+        ring, contributors = _recompute(cap, me, kill_round, attempt, fed.federation, used)
         assert ring_digest(ring) == digest and (victim.peer_id in contributors) == (victim.short_id in used)
         assert np.abs(decode(ring)).max() <= RoundConfig(federation="x").max_abs
         hist = {h["round"]: h for h in fed.status(k)["history"]}

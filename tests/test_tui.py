@@ -135,6 +135,7 @@ def test_pilot_over_a_real_three_node_federation(tmp_path):
     from tests.test_integration_zenoh import Federation
     name = "tui-live"
     fed = Federation(tmp_path, name, 3, rounds=400, t_hello=1.0, t_agg=1.0, t_commit=0.5, lease_ms=1000)
+    name = fed.federation  # with the suffix that keeps concurrent runs apart
     forger = None
     try:
         for k in range(3):
