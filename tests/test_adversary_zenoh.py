@@ -61,7 +61,7 @@ def _bench():
 
 def test_smaller_flood_is_rejected_exactly_and_harms_nobody():
     bench = _bench()
-    args = argparse.Namespace(nodes=4, rounds=80, seed=0, timeout=600.0, messages=10_000, rate=2500.0, bcast=200)
+    args = argparse.Namespace(nodes=4, rounds=300, seed=0, timeout=600.0, messages=10_000, rate=2500.0, bcast=200)
     out = bench.run_federation(args, flood=True)
     assert "sent" in out["forger"], out["forger"]
     assert out["forger"]["total"] >= 10_000

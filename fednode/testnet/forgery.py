@@ -127,6 +127,12 @@ class Forger:
                     attempt=int(self.rng.integers(1 << 40)) if attempt is None else attempt, arrays=arrays,
                     spec=spec, meta={"d": 4, "u": []}, now_ms=int(time.time() * 1000))
 
+    def _live_round(self) -> int:
+        """The round for mallory's attributable kinds: one past the highest round seen on the wire, so a
+        node between that round - 1 and + 2 checks the content (the accepted window is cur - 1 .. cur + 2),
+        even while the federation runs several rounds a second ahead of the tap."""
+        return self.round + 1
+
     def _model(self, fill: float | None = None) -> dict[str, np.ndarray]:
         assert self.spec is not None
         m = {}
@@ -189,10 +195,11 @@ class Forger:
                 first = spec.entries[0][0]
                 arrays[first] = arrays[first].copy()
                 arrays[first].reshape(-1)[int(rng.integers(arrays[first].size))] = np.nan if kind == "nan" else 1e9
-            return self._inbox(node), self._seal(self.mallory, MsgType.CONTRIBUTE, node, self.round,
+            return self._inbox(node), self._seal(self.mallory, MsgType.CONTRIBUTE, node, self._live_round(),
                                                  arrays=arrays, spec=spec), [node]
         if kind == "unexpected_payload":
-            raw = self._seal(self.mallory, MsgType.COMMIT, node, self.round, arrays=self._model(0.0), spec=self.spec) \
+            raw = self._seal(self.mallory, MsgType.COMMIT, node, self._live_round(), arrays=self._model(0.0),
+                             spec=self.spec) \
                 if self.spec is not None else None
             return (self._inbox(node), raw, [node]) if raw is not None else None
         # kinds that start from a captured real message
