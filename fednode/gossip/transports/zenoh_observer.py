@@ -14,7 +14,7 @@ from collections.abc import Callable
 import zenoh
 
 from fednode.gossip.transports import keyexpr
-from fednode.gossip.transports.zenoh_settings import (TransportError, ZenohSettings, _close_all, _replies,
+from fednode.gossip.transports.zenoh_settings import (TransportError, ZenohSettings, _close_once, _replies,
                                                       open_session)
 
 log = logging.getLogger("fednode.transport")
@@ -47,13 +47,7 @@ class _PassiveSession:
             raise
 
     def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            declared, self._declared = self._declared, []
-            session, self._session = self._session, None
-        _close_all(declared, session)
+        _close_once(self)
 
     def __enter__(self):
         self.start()

@@ -207,6 +207,20 @@ def _close_all(declared: list, session) -> None:
             log.debug("session close failed", exc_info=True)
 
 
+def _close_once(owner) -> None:
+    """Close what ``owner`` (``_lock``, ``_closed``, ``_declared``, ``_session``) opened, exactly once.
+
+    Shared by :class:`ZenohTransport` and the passive clients: the first caller takes the
+    declarations and the session under the lock, later callers find ``_closed`` set."""
+    with owner._lock:
+        if owner._closed:
+            return
+        owner._closed = True
+        declared, owner._declared = owner._declared, []
+        session, owner._session = owner._session, None
+    _close_all(declared, session)
+
+
 def _replies(session, key: str, timeout_s: float, *, remote_only: bool) -> list[tuple[str, bytes]]:
     """(key, payload) of every ok reply to a query on ``key`` within ``timeout_s``."""
     kw = {"allowed_destination": zenoh.Locality.REMOTE} if remote_only else {}

@@ -46,7 +46,7 @@ import zenoh
 
 from fednode.gossip.transports import keyexpr
 from fednode.gossip.transports.zenoh_settings import (_ZENOH_LOCATION, TransportError, ZenohSettings, _close_all,
-                                                      _explain, _replies, open_session)
+                                                      _close_once, _explain, _replies, open_session)
 
 log = logging.getLogger("fednode.transport")
 
@@ -128,13 +128,7 @@ class ZenohTransport:
 
     def close(self) -> None:
         """Undeclare everything (the token first: the others see this node leave) and close the session."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            declared, self._declared = self._declared, []
-            session, self._session = self._session, None
-        _close_all(declared, session)
+        _close_once(self)
 
     @property
     def closed(self) -> bool:
