@@ -63,6 +63,41 @@ def test_two_nodes_average_exactly():
     assert np.array_equal(a.model["w"], np.full(3, 0.5)) and np.array_equal(b.model["w"], np.full(3, 0.5))
 
 
+def test_a_provably_bad_contribution_is_not_waited_for():
+    """c's signed NaN contribution is refused; a and b end the round on messages alone (no timer
+    fires in this loop), use each other only, and never RETRY c."""
+    from fednode.node.byzantine import ByzantineInterceptor
+
+    cfg = RoundConfig(federation="t", max_rounds=1, t_agg=5.0, max_retries=2)
+    ids, allow, spec, machines = _nodes(3, cfg)
+    a, b, c = machines
+    liar = ByzantineInterceptor("nan", ids[2], allow, spec)
+    inbox = {m.me: [] for m in machines}
+    ends = {}
+    for m in machines:
+        for act in m.start(T0):
+            if isinstance(act, StartLocalStep):
+                inbox[m.me].append(("step", act.round, act.model))
+            elif isinstance(act, Send):
+                inbox[act.peer].append(liar.rewrite(act.data) if m is c else act.data)
+    for _ in range(30):
+        for m in machines:
+            items, inbox[m.me] = inbox[m.me], []
+            for item in items:
+                ev = LocalStepDone(item[1], item[2], T0 + 0.1) if isinstance(item, tuple) else \
+                    MessageReceived(item, T0 + 0.1)
+                for act in m.handle(ev):
+                    if isinstance(act, Send):
+                        inbox[act.peer].append(liar.rewrite(act.data) if m is c else act.data)
+                    elif isinstance(act, (Commit, Abort)):
+                        ends[m.me] = act
+    for m in (a, b):
+        end = ends[m.me]
+        assert isinstance(end, Commit) and c.me not in end.used and len(end.used) == 1
+        assert m.stats.rejects["non_finite"] >= 1 and m.stats.retries_sent == 0
+        assert np.all(np.isfinite(m.model["w"]))
+
+
 def test_silent_crash_costs_retries_then_abort_below_u_min():
     cfg = RoundConfig(federation="t", max_rounds=1, t_hello=1.0, t_agg=1.0, t_commit=1.0, min_contributors=2,
                       max_retries=2)

@@ -30,6 +30,10 @@ class Inbox:
         self.stats = stats
         self.replay = ReplayGuard(nonce_ttl_s=2 * config.timestamp_window_s)
         self.offenders = OffenderTracker()
+        self.refused: dict[int, set[bytes]] = {}
+        """Round -> peers whose signed contribution for it had bad content (non-finite, out of bounds,
+        wrong layout): proof the peer is at fault, so the exchange stops waiting for and RETRYing it
+        (PROTOCOL §4). Without this, every round with a wire-rejected attacker ran to its timeouts."""
 
     def open(self, data: bytes, now: float, *, current_round: int, syncing: bool) -> Message | Reject:
         future = {int(MsgType.HELLO)}
@@ -65,7 +69,14 @@ class Inbox:
 
     def reject(self, out: list[Action], rej: Reject) -> None:
         self.stats.rejects[rej.reason] += 1
+        if rej.sender is not None:
+            self.stats.rejects_by_peer[rej.sender] += 1
         out.append(Rejected(rej.reason, rej.sender, rej.detail))
+        if rej.blames_sender and rej.msg_type == MsgType.CONTRIBUTE and rej.round is not None:
+            assert rej.sender is not None
+            self.refused.setdefault(rej.round, set()).add(rej.sender)
+            while len(self.refused) > 8:  # only the open rounds matter (the window is cur - 1 .. cur + 2)
+                del self.refused[min(self.refused)]
 
 
 def peer_degree(msg: Message) -> int | None:

@@ -45,6 +45,10 @@ class NodeStats:
     bytes_in: int = 0
     bytes_out: int = 0
     rejects: Counter = field(default_factory=Counter)
+    rejects_by_peer: Counter = field(default_factory=Counter)
+    """Rejects of messages whose signature verified, by signer (an admitted peer: a bounded set). Tells
+    an operator who sends the bad traffic; the flood benchmark matches a compromised key's messages
+    by it, since a stale or a banned one is not told apart by reason alone."""
     aborts: Counter = field(default_factory=Counter)
     masked_contributions: int = 0
     """Secure aggregation: masked contributions this node sent (as contributor)."""

@@ -11,7 +11,8 @@ Fields (all optional for forward compatibility, types as listed):
     peer (str, 64 hex), short (str), state (str: training | aggregating | committing | syncing |
     idle | done), round (int), rounds_completed (int), accuracy (float), loss (float),
     neighbours (list[str] short ids), bytes_in / bytes_out (int), messages_in / messages_out (int),
-    rejects (map str -> int), aborts (map str -> int), timings (map str -> float, last round),
+    rejects (map str -> int), rejects_by_peer (map str 64 hex -> int, signed rejects by signer),
+    aborts (map str -> int), timings (map str -> float, last round),
     restarts (int), task (str), secure_aggregation (str), epsilon (float | None), time (float, unix s).
 """
 

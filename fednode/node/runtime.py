@@ -45,7 +45,6 @@ log = logging.getLogger("fednode.node")
 _STATE_NAMES = {TRAIN: "training", AGGREGATE: "aggregating", COMMITTING: "committing", SYNC: "syncing",
                 DONE: "done"}
 
-
 _KILL_AFTER_CONTRIBUTE: int | None = (int(os.environ["FEDNODE_FAULT_KILL_AFTER_CONTRIBUTE"])
                                       if os.environ.get("FEDNODE_FAULT_KILL_AFTER_CONTRIBUTE") else None)
 """Fault injection for dropout tests: SIGKILL this process right after it sends its first masked (or
@@ -413,7 +412,8 @@ class NodeRuntime:
             "bytes_in": self.transport.bytes_received if self.transport else st.bytes_in,
             "bytes_out": self.transport.bytes_sent if self.transport else st.bytes_out,
             "messages_in": st.messages_in, "messages_out": st.messages_out,
-            "rejects": dict(st.rejects), "aborts": dict(st.aborts), "retries": st.retries_sent,
+            "rejects": dict(st.rejects), "rejects_by_peer": {p.hex(): n for p, n in st.rejects_by_peer.items()},
+            "aborts": dict(st.aborts), "retries": st.retries_sent,
             "resyncs": st.resyncs, "drift_events": st.drift_events,
             "timings": ({"total": last.total_s, "train": last.local_step_s, "hello": last.hello_wait_s,
                          "aggregate": last.aggregate_s, "commit": last.commit_s} if last else {}),

@@ -127,6 +127,10 @@ class Reject:
     reason: str
     detail: str = ""
     sender: bytes | None = None
+    round: int | None = None
+    """The signed header's round and type, set for the content rejects of step 8 only (the signer is
+    at fault for exactly that message: the round machine stops waiting for it, see ``Inbox.refused``)."""
+    msg_type: int | None = None
 
     @property
     def blames_sender(self) -> bool:
@@ -295,11 +299,13 @@ def _open(raw: bytes, ctx: VerifyContext, signed: bool = True,
     offenders = ctx.offenders
     token: list[bytes] = []
 
-    def blame(reason: str, detail: str, sender: bytes) -> Reject:
+    def blame(reason: str, detail: str, sender: bytes, content_of: Header | None = None) -> Reject:
         """A reject after the signature verified: attribute it, and count it if the signer is at fault."""
         if offenders is not None and reason in ATTRIBUTABLE_REASONS:
             offenders.note(sender, now_s, token[0] if token else None)
-        return Reject(reason, detail, sender)
+        if content_of is None:
+            return Reject(reason, detail, sender)
+        return Reject(reason, detail, sender, content_of.round, content_of.msg_type)
 
     # 1. size, 2. structure (bounded msgpack, exact types and lengths)
     if not isinstance(raw, (bytes, bytearray, memoryview)):
@@ -341,7 +347,7 @@ def _open(raw: bytes, ctx: VerifyContext, signed: bool = True,
     if public_key is None:
         return Reject("unknown_sender", sender.hex()[:12])
     if offenders is not None and offenders.is_banned(sender, now_s):
-        return Reject("banned", sender.hex()[:12])
+        return Reject("banned", sender.hex()[:12], sender)
     try:
         if signed:
             public_key.verify(sig, to_verify)
@@ -379,20 +385,21 @@ def _open(raw: bytes, ctx: VerifyContext, signed: bool = True,
     arrays: dict[str, np.ndarray] = {}
     if header.msg_type not in ctx.payload_types:
         if payload or header.layout.entries:
-            return blame("unexpected_payload", f"{len(payload)} bytes", sender)
+            return blame("unexpected_payload", f"{len(payload)} bytes", sender, header)
     else:
         accepted = ctx.accepted_layouts()
         if accepted is not None and header.layout not in accepted:
-            return blame("layout", "layout differs from the model spec", sender)
+            return blame("layout", "layout differs from the model spec", sender, header)
         if len(payload) != header.layout.nbytes:
-            return blame("layout", f"payload has {len(payload)} bytes, layout needs {header.layout.nbytes}", sender)
+            return blame("layout", f"payload has {len(payload)} bytes, layout needs {header.layout.nbytes}", sender,
+                         header)
         try:
             arrays = decode_arrays(payload, header.layout)
         except ValueError as exc:
-            return blame("layout", str(exc)[:200], sender)
+            return blame("layout", str(exc)[:200], sender, header)
         bad = _float_checks(arrays, ctx)
         if bad is not None:
-            return blame(bad[0], bad[1], sender)
+            return blame(bad[0], bad[1], sender, header)
 
     ctx.replay.record(sender, header.nonce, key, now_s)
     return Message(header, arrays)

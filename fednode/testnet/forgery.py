@@ -61,6 +61,11 @@ REASON_GROUPS: dict[str, frozenset[str]] = {
 }
 """Disjoint groups of reasons the counters are matched in: every kind's reasons fall in exactly one."""
 
+MALLORY_SIGNED = frozenset({"stale_round", "future_round", "wrong_shape", "nan", "huge_norm", "unexpected_payload"})
+"""Kinds signed by the admitted key ``mallory``. By reason, a few of its content kinds can land in
+the round group (the node moved more than the window on while the message was in flight); by
+signer (the status's ``rejects_by_peer``) every one of them must be counted exactly."""
+
 OVERSIZE_BYTES = 64 * 1024 * 1024 + 1
 
 
@@ -75,6 +80,9 @@ class Forger:
         self.captured: collections.deque = collections.deque(maxlen=2000)   # (t, recipient, raw)
         self.contributions: collections.deque = collections.deque(maxlen=64)
         self.round = 0
+        self.node_round: dict[bytes, int] = {}
+        """Per node, the highest round it was seen sending in: its own clock, which a lagging node's
+        differs from the federation's highest."""
         self.spec: ModelSpec | None = None
         self._oversize: bytes | None = None
         self._forged: set[bytes] = set()
@@ -95,6 +103,7 @@ class Forger:
         if recipient not in self.nodes or sender not in self.nodes:  # only the nodes' own traffic
             return
         self.round = max(self.round, int(rnd))
+        self.node_round[sender] = max(self.node_round.get(sender, 0), int(rnd))
         self.captured.append((time.monotonic(), recipient, raw))
         if msg_type == int(MsgType.CONTRIBUTE) and layout:
             self.contributions.append((recipient, raw))
@@ -127,11 +136,14 @@ class Forger:
                     attempt=int(self.rng.integers(1 << 40)) if attempt is None else attempt, arrays=arrays,
                     spec=spec, meta={"d": 4, "u": []}, now_ms=int(time.time() * 1000))
 
-    def _live_round(self) -> int:
-        """The round for mallory's attributable kinds: one past the highest round seen on the wire, so a
-        node between that round - 1 and + 2 checks the content (the accepted window is cur - 1 .. cur + 2),
-        even while the federation runs several rounds a second ahead of the tap."""
-        return self.round + 1
+    def _live_round(self, node: bytes) -> int:
+        """The round for mallory's attributable kinds aimed at ``node``: two past the highest round
+        ``node`` was seen sending in. A node at round ``cur`` checks the content of rounds cur - 1 ..
+        cur + 2, and its round only grows, so the message is checked if ``node`` advanced by 0 to 3
+        rounds between the tap's capture and the delivery (the federation runs several rounds a
+        second; aiming at the federation's highest round instead sent 8 of 227 at a lagging node
+        outside its window, counted as stale)."""
+        return self.node_round.get(node, self.round) + 2
 
     def _model(self, fill: float | None = None) -> dict[str, np.ndarray]:
         assert self.spec is not None
@@ -176,7 +188,8 @@ class Forger:
             return self._inbox(node), self._seal(self.eve, t, node, self.round, arrays=arrays, spec=self.spec
                                                  if arrays is not None else None), [node]
         if kind in ("stale_round", "future_round"):
-            rnd = self.round - 5 - int(rng.integers(100)) if kind == "stale_round" else \
+            own = self.node_round.get(node, self.round)
+            rnd = own - 5 - int(rng.integers(100)) if kind == "stale_round" else \
                 self.round + 50 + int(rng.integers(10_000))
             if kind == "stale_round" and rnd < 0:
                 return None
@@ -195,10 +208,10 @@ class Forger:
                 first = spec.entries[0][0]
                 arrays[first] = arrays[first].copy()
                 arrays[first].reshape(-1)[int(rng.integers(arrays[first].size))] = np.nan if kind == "nan" else 1e9
-            return self._inbox(node), self._seal(self.mallory, MsgType.CONTRIBUTE, node, self._live_round(),
+            return self._inbox(node), self._seal(self.mallory, MsgType.CONTRIBUTE, node, self._live_round(node),
                                                  arrays=arrays, spec=spec), [node]
         if kind == "unexpected_payload":
-            raw = self._seal(self.mallory, MsgType.COMMIT, node, self._live_round(), arrays=self._model(0.0),
+            raw = self._seal(self.mallory, MsgType.COMMIT, node, self._live_round(node), arrays=self._model(0.0),
                              spec=self.spec) \
                 if self.spec is not None else None
             return (self._inbox(node), raw, [node]) if raw is not None else None
@@ -253,4 +266,4 @@ def counted_by_group(rejects: dict[str, int]) -> dict[str, int]:
     return {g: sum(int(rejects.get(r, 0)) for r in reasons) for g, reasons in REASON_GROUPS.items()}
 
 
-__all__ = ["Forger", "KINDS", "OVERSIZE_BYTES", "REASON_GROUPS", "counted_by_group", "expected_by_group"]
+__all__ = ["Forger", "KINDS", "MALLORY_SIGNED", "OVERSIZE_BYTES", "REASON_GROUPS", "counted_by_group", "expected_by_group"]

@@ -79,6 +79,9 @@ class _Node:
     pending_resume: dict | None = None
     last_progress_t: float | None = None
     last_round_done: int = -1
+    progressed: bool = False
+    """This incarnation has completed a round past every earlier one: only then may it be killed again,
+    or a node restarting alone near the end (its peers done) is killed during its start-up forever."""
     max_gap: float = 0.0
     status: dict | None = None
     rss_peak_mb: float | None = None
@@ -162,6 +165,8 @@ class Testnet:
             self.nodes.append(_Node(i, d, cfg_path, d / "node.log", ident.peer_id))
 
     def _launch(self, node: _Node) -> None:
+        node.progressed = False
+        node.last_progress_t = None  # a round gap is measured within one incarnation: downtime is not a stall
         log = open(node.log_path, "ab")
         argv = [sys.executable, "-m", "fednode", "start", "--config", str(node.config_path), *self.opts.extra_args]
         if self.net is not None:
@@ -270,7 +275,7 @@ class Testnet:
 
     def _kill_random(self, now: float) -> None:
         candidates = [n for n in self.nodes if n.proc is not None and n.exit_code is None and not n.killed]
-        unfinished = [n for n in candidates if n.last_round_done + 1 < self.opts.rounds]
+        unfinished = [n for n in candidates if n.last_round_done + 1 < self.opts.rounds and n.progressed]
         if not unfinished:
             return
         node = self.rng.choice(unfinished)
@@ -309,6 +314,7 @@ class Testnet:
                     node.max_gap = max(node.max_gap, now - node.last_progress_t)
                 node.last_progress_t = now
                 node.last_round_done = done
+                node.progressed = node.progressed or (not node.killed and node.pending_resume is None)
 
     def _sample_memory(self) -> None:
         for n in self.nodes:

@@ -1,7 +1,8 @@
 """Plaintext exchange, aggregator side: gather the edges' contributions, RETRY the missing, fix U_i.
 
 Wait t_agg per attempt; RETRY(attempt + 1, U = surviving edges) the missing ones, at most A_max
-times. A peer that left is not waited for, nor one whose COMMIT already says it did not use us.
+times. A peer that left is not waited for, nor one whose COMMIT already says it did not use us, nor one
+whose signed contribution had bad content (``Inbox.refused``: it is not used, so waiting is moot).
 U_i = received minus those farther than ``max_distance``; |U_i| < u_min aborts (U_i = {}).
 """
 
@@ -38,7 +39,8 @@ class CollectStage:
         cfg = ctx.config
         assert ex.deadline is not None
         excluded_us = {p for p, u in rnd.commit.commits.items() if ctx.me not in u}
-        missing = set(ex.edges) - set(ex.contributions) - rnd.gone - excluded_us
+        refused = ctx.inbox.refused.get(rnd.number, set())
+        missing = set(ex.edges) - set(ex.contributions) - rnd.gone - excluded_us - refused
         if missing and now < ex.deadline:
             return None
         if missing and ex.attempt < cfg.max_retries:
