@@ -164,3 +164,42 @@ def test_plot_of_a_real_report(quickstart_report, tmp_path):
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("fednode: error: "), result.stderr
     assert "pip install 'fednode[plot]'" in lines[0] and not (tmp_path / "x.png").exists()
+
+
+def _pids_using(path: Path) -> list[int]:
+    """PIDs of processes whose command line names ``path`` (the nodes of one test's testnet)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if str(path).encode() in (d / "cmdline").read_bytes():
+                    out.append(int(d.name))
+            except OSError:
+                pass
+    return out
+
+
+@pytest.mark.slow
+def test_nodes_do_not_outlive_a_sigkilled_launcher(tmp_path):
+    import signal
+    import time
+    work = tmp_path / "net"
+    launcher = subprocess.Popen([sys.executable, "-m", "fednode", "testnet", "--quiet", "--nodes", "2", "--rounds",
+                                 "100000", "--workdir", str(work), "--keep", "--timeout", "300"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and len(list(work.glob("node*/status.json"))) < 2:
+            time.sleep(0.5)
+        nodes = [p for p in _pids_using(work) if p != launcher.pid]
+        assert len(nodes) == 2, nodes
+    finally:
+        launcher.send_signal(signal.SIGKILL)
+        launcher.wait(timeout=10)
+    deadline = time.time() + 30
+    while time.time() < deadline and _pids_using(work):
+        time.sleep(0.5)
+    left = _pids_using(work)
+    for pid in left:  # only our own nodes (their command line names this test's directory)
+        os.kill(pid, signal.SIGKILL)
+    assert not left, "nodes outlived their SIGKILLed launcher"

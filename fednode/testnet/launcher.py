@@ -58,6 +58,21 @@ from fednode.testnet.progress import Progress
 from fednode.testnet.report import build_report, print_summary
 from fednode.testnet.status_files import read_status
 
+_LIBC = None
+if sys.platform.startswith("linux"):
+    import ctypes
+    _LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def _node_child_setup(nice: int) -> None:
+    """In the forked node, before exec: its niceness, and SIGTERM when the launcher dies (even by
+    SIGKILL: PR_SET_PDEATHSIG), so no node outlives a killed launcher or benchmark cell."""
+    if nice:
+        os.nice(nice)
+    if _LIBC is not None:
+        _LIBC.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+
+
 __all__ = ["Testnet", "TestnetOptions", "run_testnet", "run_testnet_with_dashboard"]
 
 
@@ -175,8 +190,7 @@ class Testnet:
             node.proc = subprocess.Popen(
                 argv,
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self._env,
-                start_new_session=True, preexec_fn=(lambda n=self.opts.node_nice: os.nice(n))
-                if self.opts.node_nice else None)
+                start_new_session=True, preexec_fn=lambda n=self.opts.node_nice: _node_child_setup(n))
         finally:
             log.close()
         node.killed = False
