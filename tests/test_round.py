@@ -98,6 +98,39 @@ def test_a_provably_bad_contribution_is_not_waited_for():
         assert np.all(np.isfinite(m.model["w"]))
 
 
+def test_no_hello_wait_for_a_banned_neighbour():
+    """c is banned at a and b (its HELLO would be refused): they agree on their edge and end the
+    round on messages alone, without waiting t_hello for c."""
+    cfg = RoundConfig(federation="t", max_rounds=1, t_hello=5.0)
+    ids, _, _, machines = _nodes(3, cfg)
+    a, b, c = machines
+    for m in (a, b):
+        for k in range(m.ctx.inbox.offenders.threshold):
+            m.ctx.inbox.offenders.note(c.me, T0, token=k)
+    inbox = {m.me: [] for m in machines}
+    ends = {}
+
+    def route(m, actions):
+        for act in actions:
+            if isinstance(act, StartLocalStep):
+                inbox[m.me].append(("step", act.round, act.model))
+            elif isinstance(act, Send) and m is not c:
+                inbox[act.peer].append(act.data)
+            elif isinstance(act, (Commit, Abort)):
+                ends[m.me] = act
+
+    for m in (a, b):
+        route(m, m.start(T0))
+    for _ in range(30):
+        for m in (a, b):
+            items, inbox[m.me] = inbox[m.me], []
+            for item in items:
+                route(m, m.handle(LocalStepDone(item[1], item[2], T0 + 0.1) if isinstance(item, tuple)
+                                  else MessageReceived(item, T0 + 0.1)))
+    for m, other in ((a, b), (b, a)):
+        assert isinstance(ends[m.me], Commit) and ends[m.me].used == (other.me,)
+
+
 def test_silent_crash_costs_retries_then_abort_below_u_min():
     cfg = RoundConfig(federation="t", max_rounds=1, t_hello=1.0, t_agg=1.0, t_commit=1.0, min_contributors=2,
                       max_retries=2)
