@@ -145,3 +145,43 @@ def decode_arrays(payload: bytes, spec: ModelSpec) -> Model:
         out[name] = arr
         offset += n * dt.itemsize
     return out
+
+
+def check_floats(arrays: Mapping[str, np.ndarray], max_norm: float | None,
+                 norm_reference: Mapping[str, np.ndarray] | None, max_abs: float | None) -> tuple[str, str] | None:
+    """Finiteness, norm and magnitude of a received payload's float arrays: (reason, detail) or None.
+
+    Part of check 8 of :func:`fednode.security.envelope.open_envelope`; caller data is only read.
+    One max and one min pass per array decide both finiteness (max and min propagate NaN and
+    reach any infinity) and the magnitude max|a| = max(max a, -min a): no isfinite temporary.
+    """
+    floats = {n: a for n, a in arrays.items() if a.dtype.kind == "f"}
+    if not floats:
+        return None
+    bounds: dict[str, tuple[float, float]] = {}
+    with np.errstate(all="ignore"):
+        for name, a in floats.items():
+            if a.size:
+                hi, lo = float(a.max()), float(a.min())
+                if not (math.isfinite(hi) and math.isfinite(lo)):
+                    return "non_finite", name
+                bounds[name] = hi, lo
+        if max_norm is not None:
+            ref = norm_reference
+            total = 0.0
+            for name, a in floats.items():
+                v = a.astype(np.float64).reshape(-1)
+                if ref is not None:
+                    r = ref.get(name)
+                    if r is None or np.shape(r) != a.shape:
+                        return "layout", f"norm_reference has no {a.shape} array {name!r}"
+                    v = v - np.asarray(r, dtype=np.float64).reshape(-1)
+                total += float(np.dot(v, v))
+            norm = float(np.sqrt(total))
+            if not norm <= max_norm:
+                return "norm", f"{norm:.6g} > {max_norm:.6g}"
+        if max_abs is not None:
+            for name, (hi, lo) in bounds.items():
+                if not max(hi, -lo) <= max_abs:
+                    return "magnitude", name
+    return None

@@ -17,7 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from fednode.security.envelope import Message, Reject, VerifyContext, open_envelope, seal
+import msgpack
+import numpy as np
+
+from fednode.security.arrays import ModelSpec, decode_arrays
+from fednode.security.envelope import (ID_BYTES, MAX_HEADER_BYTES, PROTOCOL_VERSION, UNSIGNED_PAYLOAD_HASH, Header, Message,
+                                       Reject, VerifyContext, _meta_default, _parse_header, accept, admit,
+                                       header_fields, open_envelope, seal)
 from fednode.security.identity import Identity
 
 
@@ -67,8 +73,125 @@ class UnsignedCodec:
         return open_envelope(raw, ctx, signed=False, header_cache=self._headers)
 
 
+class LocalEnvelope:
+    """What a fast-mode simulated node sends instead of bytes: the envelope :data:`UNSIGNED` would
+    build, already opened as far as it can be without the receiver's view.
+
+    ``header`` is exactly what parsing ``header_bytes`` gives, ``arrays`` exactly what decoding the
+    payload gives (read-only views of its ``payload_len`` raw little-endian bytes), and ``len()`` is
+    the envelope's byte size. It never leaves the process: there is no wire form but the real one.
+    """
+
+    __slots__ = ("header", "header_bytes", "arrays", "payload_len", "size")
+
+    def __init__(self, header: Header, header_bytes: bytes, arrays: dict[str, np.ndarray], payload_len: int) -> None:
+        self.header, self.header_bytes, self.arrays, self.payload_len = header, header_bytes, arrays, payload_len
+        self.size = 1 + _bin_len(len(header_bytes)) + _bin_len(payload_len) + _bin_len(64)  # msgpack([hdr, payload, sig])
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def _bin_len(n: int) -> int:
+    """Bytes of a msgpack bin item of length n (marker, length, data)."""
+    return n + (2 if n < 1 << 8 else 3 if n < 1 << 16 else 5)
+
+
+_SCALARS = frozenset({int, bytes, bool, float, type(None)})
+
+
+def _plain_meta(meta: dict) -> dict | None:
+    """The meta a header parse returns for ``meta``, built without packing and parsing, or None when
+    that is not obvious (strings, nesting, sets, numpy scalars, huge lists: those are parsed)."""
+    if len(meta) > 1024:  # far inside the parser's bounds (MAX_HEADER_MAP_LEN, ..._ARRAY_LEN, ..._STR_LEN)
+        return None
+    out = {}
+    for k, v in meta.items():
+        t = type(v)
+        if type(k) is not str or len(k) > 256:
+            return None
+        if t in _SCALARS:
+            out[k] = v
+        elif (t is list or t is tuple) and len(v) <= 4096 and all(type(x) in _SCALARS for x in v):
+            out[k] = list(v)
+        else:
+            return None
+    return out
+
+
+@dataclass(frozen=True)
+class LocalCodec:
+    """Simulation fast mode without bytes: :class:`LocalEnvelope` in, :class:`Message` out.
+
+    ``seal`` runs :func:`~fednode.security.envelope.seal`'s argument checks and packs the real
+    header (its exact size); the header object and the payload's array views are built once, as a
+    parse and decode of those bytes would build them. ``open`` runs the receiver's checks from
+    :func:`~fednode.security.envelope.open_envelope` that do not re-read bytes, with the same code
+    and in the same order: oversize (envelope, header), unknown_sender, banned, wrong_version,
+    wrong_federation, wrong_recipient, stale_round, future_round, timestamp, replay_nonce, duplicate,
+    unexpected_payload, layout (spec and size), non_finite, norm, magnitude; then the replay guard
+    records the message. Skipped: bad_signature and payload_hash (as :data:`UNSIGNED`) and the
+    malformed-framing checks (a LocalEnvelope is well formed by construction). Real bytes (a test's
+    forged envelope) are opened by :data:`UNSIGNED`'s path.
+    """
+
+    signed: bool = False
+    _packer: Any = field(default_factory=lambda: msgpack.Packer(use_bin_type=True, default=_meta_default),
+                         init=False, repr=False, compare=False, hash=False)
+    _layouts: dict = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
+
+    def seal(self, identity: Identity, **fields: Any) -> LocalEnvelope:
+        header, payload, spec = header_fields(identity, signed=False, **fields)
+        header_bytes = self._packer.pack(header)
+        meta = _plain_meta(header[11])
+        layout = self._layout(spec)
+        parsed: Header | str
+        if meta is None or layout is None or len(header_bytes) > MAX_HEADER_BYTES or type(header[2]) is not bytes \
+                or len(header[2]) != ID_BYTES or type(header[3]) is not bytes or type(header[4]) is not str \
+                or len(header[4]) > 1024 or type(header[7]) is not bytes:
+            parsed = _parse_header(header_bytes)  # anything unusual: the real parse decides
+            if isinstance(parsed, str):
+                raise ValueError(f"cannot seal: {parsed}")
+        else:
+            parsed = Header(PROTOCOL_VERSION, header[1], header[2], header[3], header[4], header[5], header[6],
+                            header[7], header[8], UNSIGNED_PAYLOAD_HASH, layout, meta)
+        arrays = decode_arrays(payload, parsed.layout) if payload else {}
+        return LocalEnvelope(parsed, header_bytes, arrays, len(payload))
+
+    def _layout(self, spec: ModelSpec | None) -> ModelSpec | None:
+        """The layout a header parse gives for ``spec``, None if unusual (cached: a simulation sends few)."""
+        if spec is None:
+            return _NO_ARRAYS
+        if spec not in self._layouts:
+            plain = len(spec.entries) <= 1024 and all(len(name) <= 256 for name, _, _ in spec.entries)
+            self._layouts[spec] = ModelSpec.from_layout(spec.to_layout()) if plain else None
+        return self._layouts[spec]
+
+    def open(self, raw: Any, ctx: VerifyContext) -> Message | Reject:
+        if type(raw) is not LocalEnvelope:
+            return open_envelope(raw, ctx, signed=False)
+        try:
+            now_s = ctx.now_ms / 1000.0
+            if raw.size > ctx.max_message_bytes:
+                return Reject("oversize", f"{raw.size} > {ctx.max_message_bytes} bytes")
+            if len(raw.header_bytes) > MAX_HEADER_BYTES:
+                return Reject("oversize", f"header of {len(raw.header_bytes)} bytes")
+            refused = admit(raw.header.sender, ctx, now_s)
+            if refused is not None:
+                return refused
+            return accept(raw.header, raw.header_bytes, raw.payload_len, raw.arrays, ctx, now_s)
+        except Exception as exc:  # as open_envelope: never raises
+            return Reject("internal", f"{type(exc).__name__}: {str(exc)[:200]}")
+
+
+_NO_ARRAYS = ModelSpec(())
+
+
 SIGNED = SignedCodec()
 UNSIGNED = UnsignedCodec()
-"""Shared by every machine of a fast-mode simulation (its header cache is per process)."""
+"""Unsigned envelopes as bytes (its header cache is per process)."""
+LOCAL = LocalCodec()
+"""Shared by every machine of a fast-mode simulation."""
 
-__all__ = ["EnvelopeCodec", "SIGNED", "SignedCodec", "UNSIGNED", "UnsignedCodec"]
+__all__ = ["EnvelopeCodec", "LOCAL", "LocalCodec", "LocalEnvelope", "SIGNED", "SignedCodec", "UNSIGNED",
+           "UnsignedCodec"]

@@ -34,7 +34,7 @@ from fednode.gossip.events import (Abort, AdoptModel, Broadcast, Commit, Finishe
 from fednode.gossip.overlay import Overlay, RandomRegularOverlay
 from fednode.gossip.round import GossipNode
 from fednode.security.arrays import Model, ModelSpec
-from fednode.security.codec import SIGNED, UNSIGNED
+from fednode.security.codec import LOCAL, SIGNED
 from fednode.security.identity import AllowList, Identity
 
 LocalStep = Callable[[int, Model], Model]
@@ -162,7 +162,7 @@ class Simulator:
             nonce_rng = np.random.default_rng(node_rng.integers(2**63))
             machine = GossipNode(ident, self.allow_list, self.spec, models[i], config, overlay=overlay,
                                  members=members, nonce_source=_NonceStream(nonce_rng),
-                                 joining=i in late, codec=SIGNED if signed else UNSIGNED)
+                                 joining=i in late, codec=SIGNED if signed else LOCAL)
             self.nodes.append(NodeRecord(i, ident.peer_id, machine))
         for i in initial:
             self._schedule(start_time, i, "start")
