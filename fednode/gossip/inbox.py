@@ -30,8 +30,19 @@ class Inbox:
         self.stats = stats
         self.replay = ReplayGuard(nonce_ttl_s=2 * config.timestamp_window_s)
         self.offenders = OffenderTracker()
+        self._contexts: dict[tuple[int, bool], VerifyContext] = {}
 
     def open(self, data: bytes, now: float, *, current_round: int, syncing: bool) -> Message | Reject:
+        ctx = self._contexts.get((current_round, syncing))
+        if ctx is None:
+            if len(self._contexts) > 8:  # rounds only go up: old views are never asked again
+                self._contexts.clear()
+            ctx = self._contexts[(current_round, syncing)] = self._context(current_round, syncing)
+        ctx.now_ms = int(now * 1000)
+        return self.codec.open(data, ctx)
+
+    def _context(self, current_round: int, syncing: bool) -> VerifyContext:
+        """The receiver's view for one round (reused for its messages: only ``now_ms`` changes)."""
         future = {int(MsgType.HELLO)}
         past = {int(MsgType.MODEL_REQUEST)}
         if syncing:  # a syncing node takes a model reply from any round (it decides on its own)
@@ -42,15 +53,14 @@ class Inbox:
             secure = dict(payload_types=frozenset({int(MsgType.CONTRIBUTE)}),
                           allowed_payload_dtypes=frozenset({secagg.RING_DTYPE}))
         cfg = self.config
-        ctx = VerifyContext(
+        return VerifyContext(
             **secure,
             self_id=self.me, federation=cfg.federation, allow_list=self.allow_list,
-            current_round=current_round, now_ms=int(now * 1000), replay=self.replay, model_spec=self.spec,
+            current_round=current_round, now_ms=0, replay=self.replay, model_spec=self.spec,
             unbounded_future_types=frozenset(future), unbounded_past_types=frozenset(past),
             rounds_behind=cfg.rounds_behind, rounds_ahead=cfg.rounds_ahead,
             timestamp_window_ms=int(cfg.timestamp_window_s * 1000),
             max_message_bytes=cfg.max_message_bytes, max_abs=cfg.max_abs, offenders=self.offenders)
-        return self.codec.open(data, ctx)
 
     def receive(self, out: list[Action], data: bytes, now: float, *, current_round: int,
                 syncing: bool) -> Message | None:

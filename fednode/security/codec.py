@@ -20,10 +20,11 @@ from typing import Any, Protocol
 import msgpack
 import numpy as np
 
-from fednode.security.arrays import ModelSpec, decode_arrays
-from fednode.security.envelope import (ID_BYTES, MAX_HEADER_BYTES, PROTOCOL_VERSION, UNSIGNED_PAYLOAD_HASH, Header, Message,
-                                       Reject, VerifyContext, _meta_default, _parse_header, accept, admit,
-                                       header_fields, open_envelope, seal)
+from fednode.security.arrays import ModelSpec, decode_arrays, encode_arrays
+from fednode.security.envelope import (ID_BYTES, MAX_HEADER_BYTES, MAX_UINT, NONCE_BYTES, PROTOCOL_VERSION,
+                                       UNSIGNED_PAYLOAD_HASH, Header, Message, MsgType, Reject, VerifyContext,
+                                       _meta_default, _parse_header, accept, admit, header_fields, open_envelope,
+                                       seal)
 from fednode.security.identity import Identity
 
 
@@ -112,7 +113,7 @@ def _plain_meta(meta: dict) -> dict | None:
             return None
         if t in _SCALARS:
             out[k] = v
-        elif (t is list or t is tuple) and len(v) <= 4096 and all(type(x) in _SCALARS for x in v):
+        elif (t is list or t is tuple) and len(v) <= 4096 and _SCALARS.issuperset(map(type, v)):
             out[k] = list(v)
         else:
             return None
@@ -141,30 +142,56 @@ class LocalCodec:
     _layouts: dict = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
 
     def seal(self, identity: Identity, **fields: Any) -> LocalEnvelope:
-        header, payload, spec = header_fields(identity, signed=False, **fields)
+        fast = self._seal_plain(identity, **fields)
+        if fast is not None:
+            return fast
+        header, payload, spec = header_fields(identity, signed=False, **fields)  # raises on a caller bug
         header_bytes = self._packer.pack(header)
-        meta = _plain_meta(header[11])
-        layout = self._layout(spec)
-        parsed: Header | str
-        if meta is None or layout is None or len(header_bytes) > MAX_HEADER_BYTES or type(header[2]) is not bytes \
-                or len(header[2]) != ID_BYTES or type(header[3]) is not bytes or type(header[4]) is not str \
-                or len(header[4]) > 1024 or type(header[7]) is not bytes:
-            parsed = _parse_header(header_bytes)  # anything unusual: the real parse decides
-            if isinstance(parsed, str):
-                raise ValueError(f"cannot seal: {parsed}")
-        else:
-            parsed = Header(PROTOCOL_VERSION, header[1], header[2], header[3], header[4], header[5], header[6],
-                            header[7], header[8], UNSIGNED_PAYLOAD_HASH, layout, meta)
-        arrays = decode_arrays(payload, parsed.layout) if payload else {}
-        return LocalEnvelope(parsed, header_bytes, arrays, len(payload))
+        parsed = _parse_header(header_bytes)  # anything unusual: the real parse decides
+        if isinstance(parsed, str):
+            raise ValueError(f"cannot seal: {parsed}")
+        return LocalEnvelope(parsed, header_bytes, decode_arrays(payload, parsed.layout) if payload else {},
+                             len(payload))
 
-    def _layout(self, spec: ModelSpec | None) -> ModelSpec | None:
-        """The layout a header parse gives for ``spec``, None if unusual (cached: a simulation sends few)."""
-        if spec is None:
-            return _NO_ARRAYS
+    def _seal_plain(self, identity: Identity, *, msg_type: int, recipient: bytes, federation: str, round: int,
+                    attempt: int = 0, arrays: Any = None, spec: ModelSpec | None = None, meta: Any = None,
+                    now_ms: int, nonce: bytes | None = None) -> LocalEnvelope | None:
+        """The common case, every argument of the exact plain type :func:`header_fields` accepts: the
+        header built directly (what its parse gives); None sends anything else the general way."""
+        sender, u = identity.peer_id, MAX_UINT
+        if not (type(msg_type) in _TYPE_OK and msg_type in _MSG_TYPES and type(recipient) is bytes
+                and len(recipient) in (0, ID_BYTES) and type(federation) is str and len(federation) <= 1024
+                and type(nonce) is bytes and len(nonce) == NONCE_BYTES and type(round) is int and 0 <= round <= u
+                and type(attempt) is int and 0 <= attempt <= u and type(now_ms) is int and 0 <= now_ms <= u
+                and type(sender) is bytes and len(sender) == ID_BYTES and (meta is None or type(meta) is dict)):
+            return None
+        plain = _plain_meta(meta) if meta else {}
+        if plain is None:
+            return None
+        if arrays is None:
+            if spec is not None and spec.entries:
+                return None
+            payload, known = b"", _NO_LAYOUT
+        else:
+            known = self._known(spec) if spec is not None else None
+            if known is None or type(arrays) is not dict or arrays.keys() != known[0]:
+                return None
+            payload = encode_arrays(arrays, spec)[1]
+        header_bytes = self._packer.pack([PROTOCOL_VERSION, int(msg_type), sender, recipient, federation, round,
+                                          attempt, nonce, now_ms, UNSIGNED_PAYLOAD_HASH, known[1], plain])
+        if len(header_bytes) > MAX_HEADER_BYTES:
+            return None
+        layout = known[2]
+        header = Header(PROTOCOL_VERSION, int(msg_type), sender, recipient, federation, round, attempt, nonce,
+                        now_ms, UNSIGNED_PAYLOAD_HASH, layout, plain)
+        return LocalEnvelope(header, header_bytes, decode_arrays(payload, layout) if payload else {}, len(payload))
+
+    def _known(self, spec: ModelSpec) -> tuple | None:
+        """(names, wire layout, parsed layout) of a plain spec, None if unusual (cached: a simulation has few)."""
         if spec not in self._layouts:
             plain = len(spec.entries) <= 1024 and all(len(name) <= 256 for name, _, _ in spec.entries)
-            self._layouts[spec] = ModelSpec.from_layout(spec.to_layout()) if plain else None
+            self._layouts[spec] = (set(spec.names), spec.to_layout(), ModelSpec.from_layout(spec.to_layout())) \
+                if plain else None
         return self._layouts[spec]
 
     def open(self, raw: Any, ctx: VerifyContext) -> Message | Reject:
@@ -184,7 +211,9 @@ class LocalCodec:
             return Reject("internal", f"{type(exc).__name__}: {str(exc)[:200]}")
 
 
-_NO_ARRAYS = ModelSpec(())
+_NO_LAYOUT = (set(), [], ModelSpec(()))
+_TYPE_OK = frozenset({int, MsgType})
+_MSG_TYPES = frozenset(int(t) for t in MsgType)
 
 
 SIGNED = SignedCodec()

@@ -72,6 +72,9 @@ counting them would let a third party get an honest peer banned.
 """
 
 
+_MSG_TYPE = {int(t): t for t in MsgType}
+
+
 @dataclass(frozen=True)
 class Message:
     """An accepted message: verified header and read-only arrays viewing the payload."""
@@ -89,7 +92,7 @@ class Message:
 
     @property
     def msg_type(self) -> MsgType:
-        return MsgType(self.header.msg_type)
+        return _MSG_TYPE[self.header.msg_type]  # a table, not MsgType(): several lookups per message
 
     @property
     def round(self) -> int:
