@@ -9,6 +9,7 @@ before it reads a single payload byte.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -72,7 +73,7 @@ class ModelSpec:
         """Same names and shapes, every array in ``dtype`` (e.g. '<u8' for ring-encoded payloads)."""
         return ModelSpec(tuple((n, _le_dtype_str(np.dtype(dtype)), s) for n, _, s in self.entries))
 
-    @property
+    @functools.cached_property
     def names(self) -> tuple[str, ...]:
         return tuple(e[0] for e in self.entries)
 
@@ -81,8 +82,9 @@ class ModelSpec:
         """Total number of scalars."""
         return sum(math.prod(s) for _, _, s in self.entries)  # Python ints: np.prod(int64) wraps silently
 
-    @property
+    @functools.cached_property
     def nbytes(self) -> int:
+        """Payload bytes (cached, like ``names``: the receiver asks for every payload it checks)."""
         return sum(math.prod(s) * np.dtype(d).itemsize for _, d, s in self.entries)
 
     def zeros(self) -> Model:

@@ -35,7 +35,7 @@ import operator
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 import numpy as np
@@ -75,9 +75,8 @@ counting them would let a third party get an honest peer banned.
 _MSG_TYPE = {int(t): t for t in MsgType}
 
 
-@dataclass(frozen=True)
-class Message:
-    """An accepted message: verified header and read-only arrays viewing the payload."""
+class Message(NamedTuple):
+    """An accepted message: verified header and read-only arrays viewing the payload (a tuple: one per message)."""
 
     header: Header
     arrays: dict[str, np.ndarray]
