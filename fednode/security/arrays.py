@@ -149,25 +149,36 @@ def decode_arrays(payload: bytes, spec: ModelSpec) -> Model:
     return out
 
 
+def float_bounds(arrays: Mapping[str, np.ndarray]) -> dict[str, tuple[float, float]]:
+    """(max, min) of every non-empty float array, in order: NaN propagates through both and an
+    infinity reaches one, so they decide finiteness as well as the magnitude max(max, -min)."""
+    out = {}
+    with np.errstate(all="ignore"):
+        for name, a in arrays.items():
+            if a.dtype.kind == "f" and a.size:
+                out[name] = float(a.max()), float(a.min())
+    return out
+
+
 def check_floats(arrays: Mapping[str, np.ndarray], max_norm: float | None,
-                 norm_reference: Mapping[str, np.ndarray] | None, max_abs: float | None) -> tuple[str, str] | None:
+                 norm_reference: Mapping[str, np.ndarray] | None, max_abs: float | None,
+                 bounds: dict[str, tuple[float, float]] | None = None) -> tuple[str, str] | None:
     """Finiteness, norm and magnitude of a received payload's float arrays: (reason, detail) or None.
 
     Part of check 8 of :func:`fednode.security.envelope.open_envelope`; caller data is only read.
-    One max and one min pass per array decide both finiteness (max and min propagate NaN and
-    reach any infinity) and the magnitude max|a| = max(max a, -min a): no isfinite temporary.
+    ``bounds`` is :func:`float_bounds` of ``arrays`` when the caller has it already (an immutable
+    payload several receivers check, :mod:`fednode.security.codec`): one max and one min pass per
+    array either way, no isfinite temporary.
     """
     floats = {n: a for n, a in arrays.items() if a.dtype.kind == "f"}
     if not floats:
         return None
-    bounds: dict[str, tuple[float, float]] = {}
+    if bounds is None:
+        bounds = float_bounds(floats)
+    for name, (hi, lo) in bounds.items():
+        if not (math.isfinite(hi) and math.isfinite(lo)):
+            return "non_finite", name
     with np.errstate(all="ignore"):
-        for name, a in floats.items():
-            if a.size:
-                hi, lo = float(a.max()), float(a.min())
-                if not (math.isfinite(hi) and math.isfinite(lo)):
-                    return "non_finite", name
-                bounds[name] = hi, lo
         if max_norm is not None:
             ref = norm_reference
             total = 0.0
@@ -182,8 +193,8 @@ def check_floats(arrays: Mapping[str, np.ndarray], max_norm: float | None,
             norm = float(np.sqrt(total))
             if not norm <= max_norm:
                 return "norm", f"{norm:.6g} > {max_norm:.6g}"
-        if max_abs is not None:
-            for name, (hi, lo) in bounds.items():
-                if not max(hi, -lo) <= max_abs:
-                    return "magnitude", name
+    if max_abs is not None:
+        for name, (hi, lo) in bounds.items():
+            if not max(hi, -lo) <= max_abs:
+                return "magnitude", name
     return None

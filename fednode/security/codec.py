@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import msgpack
 import numpy as np
 
-from fednode.security.arrays import ModelSpec, decode_arrays, encode_arrays
+from fednode.security.arrays import ModelSpec, decode_arrays, encode_arrays, float_bounds
 from fednode.security.envelope import (ID_BYTES, MAX_HEADER_BYTES, MAX_UINT, NONCE_BYTES, PROTOCOL_VERSION,
                                        UNSIGNED_PAYLOAD_HASH, Header, Message, MsgType, Reject, VerifyContext,
                                        _meta_default, _parse_header, accept, admit, header_fields, open_envelope,
@@ -74,20 +74,37 @@ class UnsignedCodec:
         return open_envelope(raw, ctx, signed=False, header_cache=self._headers)
 
 
+class Payload:
+    """The read-only arrays one payload decodes to, shared by the envelopes that carry the same
+    payload (one contribution to each edge), with their float bounds computed once, when first asked."""
+
+    __slots__ = ("arrays", "nbytes", "_bounds")
+
+    def __init__(self, arrays: dict[str, np.ndarray], nbytes: int) -> None:
+        self.arrays, self.nbytes, self._bounds = arrays, nbytes, None
+
+    def bounds(self) -> dict[str, tuple[float, float]]:
+        """:func:`~fednode.security.arrays.float_bounds` of the arrays (a pure function of immutable data)."""
+        if self._bounds is None:
+            self._bounds = float_bounds(self.arrays)
+        return self._bounds
+
+
 class LocalEnvelope:
     """What a fast-mode simulated node sends instead of bytes: the envelope :data:`UNSIGNED` would
     build, already opened as far as it can be without the receiver's view.
 
-    ``header`` is exactly what parsing ``header_bytes`` gives, ``arrays`` exactly what decoding the
-    payload gives (read-only views of its ``payload_len`` raw little-endian bytes), and ``len()`` is
-    the envelope's byte size. It never leaves the process: there is no wire form but the real one.
+    ``header`` is exactly what parsing ``header_bytes`` gives, ``payload`` (None: empty) exactly
+    what decoding the payload gives (read-only views of its raw little-endian bytes), and ``len()``
+    is the envelope's byte size. It never leaves the process: there is no wire form but the real one.
     """
 
-    __slots__ = ("header", "header_bytes", "arrays", "payload_len", "size")
+    __slots__ = ("header", "header_bytes", "payload", "size")
 
-    def __init__(self, header: Header, header_bytes: bytes, arrays: dict[str, np.ndarray], payload_len: int) -> None:
-        self.header, self.header_bytes, self.arrays, self.payload_len = header, header_bytes, arrays, payload_len
-        self.size = 1 + _bin_len(len(header_bytes)) + _bin_len(payload_len) + _bin_len(64)  # msgpack([hdr, payload, sig])
+    def __init__(self, header: Header, header_bytes: bytes, payload: Payload | None) -> None:
+        self.header, self.header_bytes, self.payload = header, header_bytes, payload
+        n = 0 if payload is None else payload.nbytes
+        self.size = 1 + _bin_len(len(header_bytes)) + _bin_len(n) + _bin_len(64)  # msgpack([hdr, payload, sig])
 
     def __len__(self) -> int:
         return self.size
@@ -140,6 +157,8 @@ class LocalCodec:
     _packer: Any = field(default_factory=lambda: msgpack.Packer(use_bin_type=True, default=_meta_default),
                          init=False, repr=False, compare=False, hash=False)
     _layouts: dict = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
+    _recent: list = field(default_factory=lambda: [None, None, (), None], init=False, repr=False, compare=False,
+                          hash=False)
 
     def seal(self, identity: Identity, **fields: Any) -> LocalEnvelope:
         fast = self._seal_plain(identity, **fields)
@@ -150,8 +169,8 @@ class LocalCodec:
         parsed = _parse_header(header_bytes)  # anything unusual: the real parse decides
         if isinstance(parsed, str):
             raise ValueError(f"cannot seal: {parsed}")
-        return LocalEnvelope(parsed, header_bytes, decode_arrays(payload, parsed.layout) if payload else {},
-                             len(payload))
+        return LocalEnvelope(parsed, header_bytes, None if spec is None else
+                             Payload(decode_arrays(payload, parsed.layout), len(payload)))
 
     def _seal_plain(self, identity: Identity, *, msg_type: int, recipient: bytes, federation: str, round: int,
                     attempt: int = 0, arrays: Any = None, spec: ModelSpec | None = None, meta: Any = None,
@@ -168,15 +187,16 @@ class LocalCodec:
         plain = _plain_meta(meta) if meta else {}
         if plain is None:
             return None
+        payload = None
         if arrays is None:
             if spec is not None and spec.entries:
                 return None
-            payload, known = b"", _NO_LAYOUT
+            known = _NO_LAYOUT
         else:
             known = self._known(spec) if spec is not None else None
             if known is None or type(arrays) is not dict or arrays.keys() != known[0]:
                 return None
-            payload = encode_arrays(arrays, spec)[1]
+            payload = self._payload(arrays, spec, known[2], now_ms)
         header_bytes = self._packer.pack([PROTOCOL_VERSION, int(msg_type), sender, recipient, federation, round,
                                           attempt, nonce, now_ms, UNSIGNED_PAYLOAD_HASH, known[1], plain])
         if len(header_bytes) > MAX_HEADER_BYTES:
@@ -184,7 +204,20 @@ class LocalCodec:
         layout = known[2]
         header = Header(PROTOCOL_VERSION, int(msg_type), sender, recipient, federation, round, attempt, nonce,
                         now_ms, UNSIGNED_PAYLOAD_HASH, layout, plain)
-        return LocalEnvelope(header, header_bytes, decode_arrays(payload, layout) if payload else {}, len(payload))
+        return LocalEnvelope(header, header_bytes, payload)
+
+    def _payload(self, arrays: dict[str, np.ndarray], spec: ModelSpec, layout: ModelSpec, now_ms: int) -> Payload:
+        """The encoded and decoded payload; the same arrays sealed again in the same millisecond (a
+        contribution to each edge, one event) share the previous one: the machine never writes into
+        an array it sent, so re-encoding would only copy the same bytes again."""
+        source = tuple(arrays[name] for name in spec.names)
+        last = self._recent
+        if last[0] is spec and last[1] == now_ms and all(a is b for a, b in zip(source, last[2])):
+            return last[3]
+        raw = encode_arrays(arrays, spec)[1]
+        payload = Payload(decode_arrays(raw, layout), len(raw))
+        last[:] = spec, now_ms, source, payload
+        return payload
 
     def _known(self, spec: ModelSpec) -> tuple | None:
         """(names, wire layout, parsed layout) of a plain spec, None if unusual (cached: a simulation has few)."""
@@ -206,7 +239,11 @@ class LocalCodec:
             refused = admit(raw.header.sender, ctx, now_s)
             if refused is not None:
                 return refused
-            return accept(raw.header, raw.header_bytes, raw.payload_len, raw.arrays, ctx, now_s)
+            payload = raw.payload
+            if payload is None:
+                return accept(raw.header, raw.header_bytes, 0, {}, ctx, now_s)
+            return accept(raw.header, raw.header_bytes, payload.nbytes, dict(payload.arrays), ctx, now_s,
+                          payload.bounds)
         except Exception as exc:  # as open_envelope: never raises
             return Reject("internal", f"{type(exc).__name__}: {str(exc)[:200]}")
 

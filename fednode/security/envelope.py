@@ -33,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import operator
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -342,11 +342,13 @@ def admit(sender: bytes, ctx: VerifyContext, now_s: float) -> Reject | None:
 
 
 def accept(header: Header, header_bytes: bytes, payload_len: int, payload: bytes | Mapping[str, np.ndarray],
-           ctx: VerifyContext, now_s: float) -> Message | Reject:
+           ctx: VerifyContext, now_s: float,
+           bounds: Callable[[], dict[str, tuple[float, float]]] | None = None) -> Message | Reject:
     """Checks 7 and 8 of an authenticated header, in order, then the replay guard records it.
 
     ``payload`` is the raw payload, or (the simulator's in-process envelopes,
-    :mod:`fednode.security.codec`) the read-only arrays it decodes to, ``payload_len`` bytes long.
+    :mod:`fednode.security.codec`) the read-only arrays it decodes to, ``payload_len`` bytes long,
+    and ``bounds`` gives their :func:`~fednode.security.arrays.float_bounds`.
     """
     sender = header.sender
     # 7. protocol, federation, addressing, freshness, replay
@@ -394,7 +396,8 @@ def accept(header: Header, header_bytes: bytes, payload_len: int, payload: bytes
                 return _blame("layout", str(exc)[:200], sender, header_bytes, ctx, now_s)
         else:
             arrays = payload
-        bad = check_floats(arrays, ctx.max_norm, ctx.norm_reference, ctx.max_abs)
+        bad = check_floats(arrays, ctx.max_norm, ctx.norm_reference, ctx.max_abs,
+                           None if bounds is None else bounds())
         if bad is not None:
             return _blame(bad[0], bad[1], sender, header_bytes, ctx, now_s)
 
