@@ -65,9 +65,15 @@ class Inbox:
     def receive(self, out: list[Action], data: bytes, now: float, *, current_round: int,
                 syncing: bool) -> Message | None:
         """Count the bytes, verify them; a rejection is counted and reported, and gives None."""
-        self.stats.messages_in += 1
-        self.stats.bytes_in += len(data)
-        result = self.open(data, now, current_round=current_round, syncing=syncing)
+        stats = self.stats
+        stats.messages_in += 1
+        stats.bytes_in += len(data)
+        ctx = self._contexts.get((current_round, syncing))  # open(), inlined: once per message
+        if ctx is None:
+            result = self.open(data, now, current_round=current_round, syncing=syncing)
+        else:
+            ctx.now_ms = int(now * 1000)
+            result = self.codec.open(data, ctx)
         if isinstance(result, Reject):
             self.reject(out, result)
             return None

@@ -23,8 +23,8 @@ import numpy as np
 from fednode.security.arrays import ModelSpec, decode_arrays, encode_arrays, float_bounds
 from fednode.security.envelope import (ID_BYTES, MAX_HEADER_BYTES, MAX_UINT, NONCE_BYTES, PROTOCOL_VERSION,
                                        UNSIGNED_PAYLOAD_HASH, Header, Message, MsgType, Reject, VerifyContext,
-                                       _meta_default, _parse_header, accept, admit, header_fields, open_envelope,
-                                       seal)
+                                       _meta_default, _parse_header, _tuple_new, accept, admit, header_fields,
+                                       open_envelope, seal)
 from fednode.security.identity import Identity
 
 
@@ -103,8 +103,9 @@ class LocalEnvelope:
 
     def __init__(self, header: Header, header_bytes: bytes, payload: Payload | None) -> None:
         self.header, self.header_bytes, self.payload = header, header_bytes, payload
-        n = 0 if payload is None else payload.nbytes
-        self.size = 1 + _bin_len(len(header_bytes)) + _bin_len(n) + _bin_len(64)  # msgpack([hdr, payload, sig])
+        n = len(header_bytes)  # msgpack([hdr, payload, sig]): fixarray, then three bin items
+        self.size = (67 + n + (2 if n < 256 else 3 if n < 65536 else 5)
+                     + (2 if payload is None else _bin_len(payload.nbytes)))
 
     def __len__(self) -> int:
         return self.size
@@ -160,51 +161,47 @@ class LocalCodec:
     _recent: list = field(default_factory=lambda: [None, None, (), None], init=False, repr=False, compare=False,
                           hash=False)
 
-    def seal(self, identity: Identity, **fields: Any) -> LocalEnvelope:
-        fast = self._seal_plain(identity, **fields)
-        if fast is not None:
-            return fast
-        header, payload, spec = header_fields(identity, signed=False, **fields)  # raises on a caller bug
+    def seal(self, identity: Identity, *, msg_type: int, recipient: bytes, federation: str, round: int,
+             attempt: int = 0, arrays: Any = None, spec: ModelSpec | None = None, meta: Any = None,
+             now_ms: int, nonce: bytes | None = None) -> LocalEnvelope:
+        # the common case, every argument of the exact plain type header_fields accepts: the header is
+        # built directly, as its parse gives it; anything else goes the general way (and raises there)
+        sender, u = identity.peer_id, MAX_UINT
+        if (type(msg_type) in _TYPE_OK and msg_type in _MSG_TYPES and type(recipient) is bytes
+                and len(recipient) in (0, ID_BYTES) and type(federation) is str and len(federation) <= 1024
+                and type(nonce) is bytes and len(nonce) == NONCE_BYTES and type(round) is int and 0 <= round <= u
+                and type(attempt) is int and 0 <= attempt <= u and type(now_ms) is int and 0 <= now_ms <= u
+                and type(sender) is bytes and len(sender) == ID_BYTES and (meta is None or type(meta) is dict)):
+            plain = _plain_meta(meta) if meta else {}
+            known = _NO_LAYOUT if arrays is None else self._known(spec) if spec is not None else None
+            if plain is not None and known is not None and (
+                    (arrays is None and (spec is None or not spec.entries))
+                    or (type(arrays) is dict and arrays.keys() == known[0])):
+                mt = int(msg_type)
+                payload = None if arrays is None else self._payload(arrays, spec, known[2], now_ms)  # type: ignore
+                header_bytes = self._packer.pack([PROTOCOL_VERSION, mt, sender, recipient, federation, round,
+                                                  attempt, nonce, now_ms, UNSIGNED_PAYLOAD_HASH, known[1], plain])
+                if len(header_bytes) <= MAX_HEADER_BYTES:
+                    return LocalEnvelope(_tuple_new(Header, (PROTOCOL_VERSION, mt, sender, recipient, federation,
+                                                             round, attempt, nonce, now_ms, UNSIGNED_PAYLOAD_HASH,
+                                                             known[2], plain)), header_bytes, payload)
+        header, raw, spec = header_fields(identity, msg_type=msg_type, recipient=recipient, federation=federation,
+                                          round=round, attempt=attempt, arrays=arrays, spec=spec, meta=meta,
+                                          now_ms=now_ms, nonce=nonce, signed=False)
         header_bytes = self._packer.pack(header)
         parsed = _parse_header(header_bytes)  # anything unusual: the real parse decides
         if isinstance(parsed, str):
             raise ValueError(f"cannot seal: {parsed}")
         return LocalEnvelope(parsed, header_bytes, None if spec is None else
-                             Payload(decode_arrays(payload, parsed.layout), len(payload)))
+                             Payload(decode_arrays(raw, parsed.layout), len(raw)))
 
-    def _seal_plain(self, identity: Identity, *, msg_type: int, recipient: bytes, federation: str, round: int,
-                    attempt: int = 0, arrays: Any = None, spec: ModelSpec | None = None, meta: Any = None,
-                    now_ms: int, nonce: bytes | None = None) -> LocalEnvelope | None:
-        """The common case, every argument of the exact plain type :func:`header_fields` accepts: the
-        header built directly (what its parse gives); None sends anything else the general way."""
-        sender, u = identity.peer_id, MAX_UINT
-        if not (type(msg_type) in _TYPE_OK and msg_type in _MSG_TYPES and type(recipient) is bytes
-                and len(recipient) in (0, ID_BYTES) and type(federation) is str and len(federation) <= 1024
-                and type(nonce) is bytes and len(nonce) == NONCE_BYTES and type(round) is int and 0 <= round <= u
-                and type(attempt) is int and 0 <= attempt <= u and type(now_ms) is int and 0 <= now_ms <= u
-                and type(sender) is bytes and len(sender) == ID_BYTES and (meta is None or type(meta) is dict)):
-            return None
-        plain = _plain_meta(meta) if meta else {}
-        if plain is None:
-            return None
-        payload = None
-        if arrays is None:
-            if spec is not None and spec.entries:
-                return None
-            known = _NO_LAYOUT
-        else:
-            known = self._known(spec) if spec is not None else None
-            if known is None or type(arrays) is not dict or arrays.keys() != known[0]:
-                return None
-            payload = self._payload(arrays, spec, known[2], now_ms)
-        header_bytes = self._packer.pack([PROTOCOL_VERSION, int(msg_type), sender, recipient, federation, round,
-                                          attempt, nonce, now_ms, UNSIGNED_PAYLOAD_HASH, known[1], plain])
-        if len(header_bytes) > MAX_HEADER_BYTES:
-            return None
-        layout = known[2]
-        header = Header(PROTOCOL_VERSION, int(msg_type), sender, recipient, federation, round, attempt, nonce,
-                        now_ms, UNSIGNED_PAYLOAD_HASH, layout, plain)
-        return LocalEnvelope(header, header_bytes, payload)
+    def _known(self, spec: ModelSpec) -> tuple | None:
+        """(names, wire layout, parsed layout) of a plain spec, None if unusual (cached: a simulation has few)."""
+        if spec not in self._layouts:
+            plain = len(spec.entries) <= 1024 and all(len(name) <= 256 for name, _, _ in spec.entries)
+            self._layouts[spec] = (set(spec.names), spec.to_layout(), ModelSpec.from_layout(spec.to_layout())) \
+                if plain else None
+        return self._layouts[spec]
 
     def _payload(self, arrays: dict[str, np.ndarray], spec: ModelSpec, layout: ModelSpec, now_ms: int) -> Payload:
         """The encoded and decoded payload; the same arrays sealed again in the same millisecond (a
@@ -218,14 +215,6 @@ class LocalCodec:
         payload = Payload(decode_arrays(raw, layout), len(raw))
         last[:] = spec, now_ms, source, payload
         return payload
-
-    def _known(self, spec: ModelSpec) -> tuple | None:
-        """(names, wire layout, parsed layout) of a plain spec, None if unusual (cached: a simulation has few)."""
-        if spec not in self._layouts:
-            plain = len(spec.entries) <= 1024 and all(len(name) <= 256 for name, _, _ in spec.entries)
-            self._layouts[spec] = (set(spec.names), spec.to_layout(), ModelSpec.from_layout(spec.to_layout())) \
-                if plain else None
-        return self._layouts[spec]
 
     def open(self, raw: Any, ctx: VerifyContext) -> Message | Reject:
         if type(raw) is not LocalEnvelope:

@@ -76,34 +76,28 @@ _MSG_TYPE = {int(t): t for t in MsgType}
 
 
 class Message(NamedTuple):
-    """An accepted message: verified header and read-only arrays viewing the payload (a tuple: one per message)."""
+    """An accepted message: verified header and read-only arrays viewing the payload.
+
+    A tuple, built once per message by :meth:`of`, that also holds the header fields every stage
+    reads (sender, type, round, attempt, meta) so reading them is not a property call.
+    """
 
     header: Header
     arrays: dict[str, np.ndarray]
+    sender: bytes
+    msg_type: MsgType
+    round: int
+    attempt: int
+    meta: dict
 
-    @property
-    def sender(self) -> bytes:
-        return self.header.sender
+    @classmethod
+    def of(cls, header: Header, arrays: dict[str, np.ndarray]) -> "Message":
+        return _tuple_new(cls, (header, arrays, header.sender, _MSG_TYPE[header.msg_type], header.round,
+                                header.attempt, header.meta))
 
     @property
     def recipient(self) -> bytes:
         return self.header.recipient
-
-    @property
-    def msg_type(self) -> MsgType:
-        return _MSG_TYPE[self.header.msg_type]  # a table, not MsgType(): several lookups per message
-
-    @property
-    def round(self) -> int:
-        return self.header.round
-
-    @property
-    def attempt(self) -> int:
-        return self.header.attempt
-
-    @property
-    def meta(self) -> dict:
-        return self.header.meta
 
     @property
     def nonce(self) -> bytes:
@@ -116,6 +110,10 @@ class Message(NamedTuple):
     @property
     def layout(self) -> ModelSpec:
         return self.header.layout
+
+
+_tuple_new = tuple.__new__
+"""The C constructor of a tuple subclass: a NamedTuple's own ``__new__`` is a Python function."""
 
 
 @dataclass(frozen=True)
@@ -372,7 +370,8 @@ def accept(header: Header, header_bytes: bytes, payload_len: int, payload: bytes
     if abs(header.timestamp_ms - ctx.now_ms) > ctx.timestamp_window_ms:
         return _blame("timestamp", f"off by {header.timestamp_ms - ctx.now_ms} ms", sender, header_bytes, ctx, now_s)
     key = (mt, r, header.attempt, header.recipient)
-    seen = ctx.replay.seen(sender, header.nonce, key, now_s)
+    replay = ctx.replay
+    seen = replay.seen(sender, header.nonce, key, now_s)
     if seen is not None:
         return _blame(seen, "", sender, header_bytes, ctx, now_s)
 
@@ -401,8 +400,8 @@ def accept(header: Header, header_bytes: bytes, payload_len: int, payload: bytes
         if bad is not None:
             return _blame(bad[0], bad[1], sender, header_bytes, ctx, now_s)
 
-    ctx.replay.record(sender, header.nonce, key, now_s)
-    return Message(header, dict(arrays) if type(arrays) is not dict else arrays)
+    replay.record(sender, header.nonce, key, now_s)
+    return Message.of(header, dict(arrays) if type(arrays) is not dict else arrays)
 
 
 def _signer_of_malformed(header_bytes: bytes, to_verify: bytes, sig: bytes, ctx: VerifyContext,

@@ -179,4 +179,5 @@ def _parse_header(header_bytes: bytes) -> Header | str:
         return "layout"
     if type(meta) is not dict or not _meta_ok(meta):
         return "meta"
-    return Header(version, msg_type, sender, recipient, federation, rnd, attempt, nonce, ts_ms, sha, spec, meta)
+    return tuple.__new__(Header, (version, msg_type, sender, recipient, federation, rnd, attempt, nonce, ts_ms, sha,
+                                  spec, meta))  # a NamedTuple's own __new__ is a Python function
