@@ -186,15 +186,16 @@ class Simulator:
     def _deliver(self, sender: int, target: int, data: bytes) -> None:
         c = self.conditions
         self.messages_sent += 1
-        copies = 2 if c.duplicate and self.rng.random() < c.duplicate else 1
+        rand = self.rng.random
+        copies = 2 if c.duplicate and rand() < c.duplicate else 1
         for _ in range(copies):
-            if c.loss and self.rng.random() < c.loss:
+            if c.loss and rand() < c.loss:
                 self.messages_dropped += 1
                 continue
-            delay = c.delay + (self.rng.random() * c.jitter if c.jitter else 0.0)
-            if c.reorder and self.rng.random() < c.reorder:
-                delay += self.rng.random() * c.reorder_delay
-            self._schedule(self.now + delay, target, ("msg", data))
+            delay = c.delay + (rand() * c.jitter if c.jitter else 0.0)
+            if c.reorder and rand() < c.reorder:
+                delay += rand() * c.reorder_delay
+            heapq.heappush(self._queue, (self.now + delay, next(self._seq), target, ("msg", data)))  # _schedule
 
     # ------------------------------------------------------------------ running
 
@@ -234,7 +235,27 @@ class Simulator:
 
     def _step(self, idx: int, item: object) -> None:
         rec = self.nodes[idx]
-        if item == "start":
+        if type(item) is tuple:  # nearly every event: a message
+            if not rec.alive:
+                return
+            kind, payload = item
+            if kind == "msg":
+                event = MessageReceived(payload, self.now)
+            elif kind == "joined":
+                event = PeerJoined(payload, self.now)
+            elif kind == "left":
+                event = PeerLeft(payload, self.now)
+            elif kind == "timer":
+                if rec.timer_deadline is None or payload != rec.timer_deadline:
+                    return  # superseded
+                event = TimerFired(self.now)
+            elif kind == "step":
+                rnd, model = payload
+                event = LocalStepDone(rnd, model, self.now)
+            else:  # pragma: no cover
+                raise ValueError(kind)
+            self._apply(rec, rec.machine.handle(event))
+        elif item == "start":
             if rec.started_at is None and idx not in self.crash_at:
                 self._unstarted -= 1
             if not rec.alive and not rec.finished:
@@ -247,37 +268,14 @@ class Simulator:
                 if other.index != idx and other.alive and rec.peer_id not in other.machine.members:
                     self._schedule(self.now + self.conditions.membership_delay, other.index, ("joined", rec.peer_id))
             self._apply(rec, rec.machine.start(self.now))
-            return
-        if item == "crash":
-            if rec.alive:
-                rec.alive = False
-                rec.crashed_at = self.now
-                if not rec.finished:
-                    self._alive_unfinished -= 1
-                for other in self.nodes:
-                    if other.index != idx and other.alive:
-                        self._schedule(self.now + self.conditions.membership_delay, other.index,
-                                       ("left", rec.peer_id))
-            return
-        if not rec.alive:
-            return
-        kind, payload = item  # type: ignore[misc]
-        if kind == "msg":
-            event = MessageReceived(payload, self.now)
-        elif kind == "joined":
-            event = PeerJoined(payload, self.now)
-        elif kind == "left":
-            event = PeerLeft(payload, self.now)
-        elif kind == "timer":
-            if rec.timer_deadline is None or payload != rec.timer_deadline:
-                return  # superseded
-            event = TimerFired(self.now)
-        elif kind == "step":
-            rnd, model = payload
-            event = LocalStepDone(rnd, model, self.now)
-        else:  # pragma: no cover
-            raise ValueError(kind)
-        self._apply(rec, rec.machine.handle(event))
+        elif item == "crash" and rec.alive:
+            rec.alive = False
+            rec.crashed_at = self.now
+            if not rec.finished:
+                self._alive_unfinished -= 1
+            for other in self.nodes:
+                if other.index != idx and other.alive:
+                    self._schedule(self.now + self.conditions.membership_delay, other.index, ("left", rec.peer_id))
 
     def _apply(self, rec: NodeRecord, actions: list) -> None:
         for action in actions:

@@ -38,7 +38,7 @@ class CollectStage:
         cfg = ctx.config
         assert ex.deadline is not None
         excluded_us = {p for p, u in rnd.commit.commits.items() if ctx.me not in u}
-        missing = set(ex.edges) - set(ex.contributions) - rnd.gone - excluded_us
+        missing = set(ex.edges).difference(ex.contributions, rnd.gone, excluded_us)
         if missing and now < ex.deadline:
             return None
         if missing and ex.attempt < cfg.max_retries:
