@@ -39,6 +39,10 @@ class _ExpiringSet:
         if key in d:
             d.move_to_end(key)
         d[key] = now_s + self.ttl_s
+        for exp in d.values():  # prune(), inlined for the common case: the oldest entry is still live
+            if exp > now_s and len(d) <= self.max_entries:
+                return
+            break
         self.prune(now_s)
 
     def prune(self, now_s: float) -> None:
