@@ -3,7 +3,7 @@
 Every stage hands its message here; the byte and message counters of the node's status are kept
 here too, so no stage can send without them counting. The envelope codec is
 :data:`~fednode.security.codec.SIGNED` except in the simulator's fast mode
-(:data:`~fednode.security.codec.UNSIGNED`, plaintext only).
+(:data:`~fednode.security.codec.LOCAL`, plaintext only).
 """
 
 from __future__ import annotations

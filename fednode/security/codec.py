@@ -2,14 +2,16 @@
 
 :data:`SIGNED` (the default everywhere) is :func:`~fednode.security.envelope.seal` and
 :func:`~fednode.security.envelope.open_envelope`: Ed25519 over the header, SHA-256 binding the
-payload. :data:`UNSIGNED` is the simulator's fast mode: the same envelope (same msgpack
-structure, header fields, layout and meta) with a zero signature and a zero payload hash, opened
-with every other check of the verifier in the same order (size, structure, allow-list, ban,
-version, federation, recipient, round window, timestamp, replay/duplicate, payload layout,
-finiteness, norm, magnitude). It exists because at 1,000 simulated nodes Ed25519 and hashing
-40-80 KB payloads are most of the run time while they exercise nothing the signed unit tests do
-not (see benchmarks/bench_simulator.py). A signed receiver rejects every unsigned envelope
-(bad_signature): never use it outside a simulation.
+payload. :data:`UNSIGNED` is the same envelope (same msgpack structure, header fields, layout
+and meta) with a zero signature and a zero payload hash, opened with every other check of the
+verifier in the same order (size, structure, allow-list, ban, version, federation, recipient,
+round window, timestamp, replay/duplicate, payload layout, finiteness, norm, magnitude).
+:data:`LOCAL`, the simulator's fast mode, builds what :data:`UNSIGNED` would and hands the
+receiver the parsed header and payload views instead of bytes (:class:`LocalEnvelope`), with the
+same receive checks run by the same code. Both exist because at 1,000 simulated nodes Ed25519,
+hashing, packing and parsing 40-80 KB envelopes are most of the run time while they exercise
+nothing the signed unit tests do not (benchmarks/bench_simulator.py). A signed receiver rejects
+every unsigned envelope (bad_signature): never use them outside a simulation.
 """
 
 from __future__ import annotations
@@ -213,6 +215,7 @@ class LocalCodec:
             return last[3]
         raw = encode_arrays(arrays, spec)[1]
         payload = Payload(decode_arrays(raw, layout), len(raw))
+        payload.bounds()  # now, while the bytes just written are in cache (the receivers would ask anyway)
         last[:] = spec, now_ms, source, payload
         return payload
 
