@@ -124,7 +124,9 @@ def run(n: int, degree: int, rounds: int, dim: int, seed: int, signed: bool) -> 
     for r in range(rounds):
         lam_r = spectral_factor_sparse(sim.peer_ids, overlay, r)
         d = tracker.by_round[r]
-        rows.append({"round": r, "lambda": lam_r, "contraction": d / prev, "above_noise_floor": prev > 1e-10 * d0})
+        # exact consensus (every model bit-identical) gives 0: no contraction to rate after it
+        rows.append({"round": r, "lambda": lam_r, "contraction": d / prev if prev > 0 else float("nan"),
+                     "above_noise_floor": prev > 1e-10 * d0})
         prev = d
     spectral_s = time.perf_counter() - t2
     # below 1e-10 of the start, float64 rounding (not mixing) dominates: those rounds are not rated
