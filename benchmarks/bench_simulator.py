@@ -90,6 +90,7 @@ class _Disagreement:
     def __init__(self, n: int, dim: int) -> None:
         self.n, self.dim = n, dim
         self._open: dict[int, list] = {}   # round -> [count, mean, M2]
+        self._delta, self._tmp = np.empty(dim), np.empty(dim)
         self.by_round: dict[int, float] = {}
 
     def __call__(self, round: int, index: int, label: str, model: dict) -> None:
@@ -98,9 +99,10 @@ class _Disagreement:
         if acc is None:
             acc = self._open[round] = [0, np.zeros(self.dim), np.zeros(self.dim)]
         acc[0] += 1
-        delta = x - acc[1]
-        acc[1] += delta / acc[0]
-        acc[2] += delta * (x - acc[1])
+        delta, tmp = np.subtract(x, acc[1], out=self._delta), self._tmp
+        acc[1] += np.divide(delta, acc[0], out=tmp)             # mean += delta / k
+        np.subtract(x, acc[1], out=tmp)
+        acc[2] += np.multiply(delta, tmp, out=tmp)                # M2 += delta * (x - mean)
         if acc[0] == self.n:
             self.by_round[round] = float(np.sqrt(acc[2].sum()))
             del self._open[round]
