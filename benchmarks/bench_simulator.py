@@ -11,29 +11,67 @@ and the ratios are printed so the growth with N is visible.
     python benchmarks/bench_simulator.py [--nodes 100] [--degree 4] [--rounds 50] [--dim 10000]
                                           [--signed] [--reference-nodes 100] [--json]
 
-Default is the simulator's fast mode (``Simulator(signed=False)``): the same envelopes, round
-machine and receive checks, without Ed25519 and the payload SHA-256. ``--signed`` measures real
-signatures.
+Default is the simulator's fast mode (``Simulator(signed=False)``): the real round machine,
+messages and receive checks, with the :data:`~fednode.security.codec.LOCAL` envelope codec:
+unsigned (no Ed25519, no payload SHA-256), and handed to the receiver in process as the header
+and payload views a parse and decode of the envelope would give, not as bytes. The receiver runs,
+with the verifier's own code and in its order: oversize (the envelope's exact byte size and its
+header's), unknown_sender, banned, wrong_version, wrong_federation, wrong_recipient, stale_round,
+future_round, timestamp, replay_nonce, duplicate, unexpected_payload, layout (spec and size),
+non_finite, norm, magnitude; then the replay guard records the message. Not run: bad_signature
+and payload_hash (no signature) and the byte-framing checks (malformed; forged bytes still take
+the byte path). ``--signed`` measures real signatures.
 
-Where the time went (cProfile, 250 nodes x 10 rounds, signed, before this benchmark's issue 13
-changes; 29 s under profiling, 39,768 messages): Ed25519 verify 5.7 s and sign 1.9 s; the
-simulator's O(N) all-done check on every event 4.1 s; the overlay, which every node computed
-itself (SHA-256 of every member for every cycle: 1.25 M hashes, 2.0 s, O(N^2) per round);
-header parsing 2.7 s (twice per message: the sealer re-parses what it emits); numpy's
-``Generator.bytes`` for every nonce 1.2 s; SHA-256 of the 80 KB payloads, msgpack packing.
-Fixes: the overlay caches each round's cycle orders (one instance shared by all simulated
-nodes), counters replace the done scan, nonces come from 4 KiB blocks of the same stream, the
-envelope is joined in one copy (byte-identical to msgpack's), and fast mode drops the signature
-and the payload hash (what remains is the protocol itself: header parse and checks, replay
-guard, round logic, mixing, the event queue).
+Where the time went, first pass (cProfile, 250 nodes x 10 rounds, signed): Ed25519 verify 5.7 s
+and sign 1.9 s; the simulator's O(N) all-done check on every event 4.1 s; the overlay, which
+every node computed itself (1.25 M SHA-256, O(N^2) per round) 2.0 s; header parsing 2.7 s;
+numpy's ``Generator.bytes`` per nonce 1.2 s. Fixed by a shared per-round overlay cache, counters,
+4 KiB nonce blocks, a one-copy envelope join, and the unsigned fast mode.
 
-After (cProfile, 300 nodes x 4 rounds, fast mode): 16 messages per node-round (4 HELLO,
-4 CONTRIBUTE, 8 COMMIT: in a lockstep federation COMMITs cross in flight and each "w" request is
-answered once more), all of it per-message Python: sealing 29% of the run (header packing, the
-sealer's parse, joining 80 KB payloads), opening 26% (framing, checks, replay guard; the parse
-is reused), the machine's dispatch and phase logic about 35%, the simulator's queue and
-delivery 5%, mixing 4%. Measured (fast mode, load 2-6): 2.07 ms per node-round at 100 nodes,
-2.95 ms at 1,000 (x1.43: a larger working set, 2.7 GB RSS), so 1,000 x 100 takes ~295 s, not 60.
+Second pass (issue 13 section 2). Before (cProfile, 300 nodes x 4 rounds, fast mode with unsigned
+*bytes*, 2.43 s and 3.69 M calls under profiling at load 3): 16 messages per node-round (4 HELLO,
+4 CONTRIBUTE, 8 COMMIT, about 4 of them answers that cross in flight), sealing 29% (packing,
+the sealer's parse, joining 80 KB payloads), opening 26% (framing, checks, replay guard), the
+machine's dispatch and phase logic about 35%, queue 5%, mixing 4%; 2.07 ms per node-round at 100
+nodes, 2.95 at 1,000. What each change did (CPU ms per node-round, 100 nodes unless said; this
+machine's speed drifts 20-40% with the other tenants, so single numbers are rough):
+
+1. ``LOCAL`` codec (no envelope bytes: no pack/join/unpack/parse/decode per message): 2.06 -> 1.40
+   (300 nodes: 2.93 -> 1.65).
+2. A plain-typed seal path that builds the header directly, one VerifyContext per round, the
+   message type by table: 1.40 -> 1.25.
+3. Cyclic GC off during ``Simulator.run`` (its passes over millions of long-lived objects were
+   the 1,000-node penalty): 1,000 x 20: 1.82 -> 1.10; 100 x 20: 1.19 -> 0.84.
+4. Header, Message and the hot events/actions as NamedTuples (Message keeps the fields stages
+   read), cached ModelSpec sizes, replay lookups without temporaries: 0.84 -> 0.67.
+5. One payload per contribution (encoded once, not per edge; its float bounds taken once, in one
+   max and one min pass instead of isfinite + max + min per receiver).
+6. Inlined seal/receive helpers, module-global message types (an enum attribute is a metaclass
+   lookup), set differences without copies, slots on VerifyContext, two event heaps so the
+   superseded timers (3 per node-round) stay out of the messages' heap, the simulator's default
+   step returning x^r (the machine copies it anyway). Instructions per node-round (valgrind,
+   100 nodes, rounds 4 -> 8, deterministic): see the summary below.
+7. This benchmark's own disagreement tracker: an 80 MB (n, dim) matrix per round plus an 80 MB
+   temporary for the norm cost 60-120 ms per round at 1,000 nodes; now a Welford update in
+   preallocated buffers, 16 us per node report.
+
+After (same cProfile run at the same load: 1.47 s, 2.31 M calls): sealing 19%, opening 26%
+(checks 17%, replay guard 8%), the machine's dispatch and phase logic about 40% (mixing 7%), the
+simulator's queue and delivery 12%. Still 16 messages per node-round: dropping the crossing COMMIT
+answers would change what a lossy network delivers and the RNG stream of every seeded run (the
+golden digests), so that is a protocol change and is not done.
+
+Instructions per node-round (valgrind --tool=cachegrind, 100 nodes, rounds 4 -> 8, hash seed 0,
+one BLAS thread; deterministic where wall time here is not): 6.94 M before, 3.21 M after (x2.2).
+
+Measured after, on this 2-core machine under ``flock /tmp/fednode-heavy.lock`` at nice 0 (the
+simulation wall this benchmark prints; the machine's speed drifted a lot between runs):
+1,000 x 100: 74.0 s (0.740 ms per node-round; load 2.5 -> 1.5; before the cold-memory and
+tracker commits, which a same-moment A/B could not tell apart), 102.2 s (1.02; load 2.6 -> 1.6),
+100.3 s (1.00; load 0.7 -> 1.0), 161.1 s wall with 88.2 s CPU (load 0.2 -> 6.9: another tenant
+ran unlocked); the 100-node reference in those runs: 0.50, 0.73, 0.84, 0.62 ms per node-round
+(per node-round ratio x1.49, x1.39, x1.19, x2.60). The default 100-node run (50 rounds): 4.0 s
+and 4.8 s. So about 75-100 s for 1,000 x 100, down from about 295 s: not yet the 60 s of issue 13.
 """
 
 from __future__ import annotations
