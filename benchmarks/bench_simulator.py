@@ -11,29 +11,67 @@ and the ratios are printed so the growth with N is visible.
     python benchmarks/bench_simulator.py [--nodes 100] [--degree 4] [--rounds 50] [--dim 10000]
                                           [--signed] [--reference-nodes 100] [--json]
 
-Default is the simulator's fast mode (``Simulator(signed=False)``): the same envelopes, round
-machine and receive checks, without Ed25519 and the payload SHA-256. ``--signed`` measures real
-signatures.
+Default is the simulator's fast mode (``Simulator(signed=False)``): the real round machine,
+messages and receive checks, with the :data:`~fednode.security.codec.LOCAL` envelope codec:
+unsigned (no Ed25519, no payload SHA-256), and handed to the receiver in process as the header
+and payload views a parse and decode of the envelope would give, not as bytes. The receiver runs,
+with the verifier's own code and in its order: oversize (the envelope's exact byte size and its
+header's), unknown_sender, banned, wrong_version, wrong_federation, wrong_recipient, stale_round,
+future_round, timestamp, replay_nonce, duplicate, unexpected_payload, layout (spec and size),
+non_finite, norm, magnitude; then the replay guard records the message. Not run: bad_signature
+and payload_hash (no signature) and the byte-framing checks (malformed; forged bytes still take
+the byte path). ``--signed`` measures real signatures.
 
-Where the time went (cProfile, 250 nodes x 10 rounds, signed, before this benchmark's issue 13
-changes; 29 s under profiling, 39,768 messages): Ed25519 verify 5.7 s and sign 1.9 s; the
-simulator's O(N) all-done check on every event 4.1 s; the overlay, which every node computed
-itself (SHA-256 of every member for every cycle: 1.25 M hashes, 2.0 s, O(N^2) per round);
-header parsing 2.7 s (twice per message: the sealer re-parses what it emits); numpy's
-``Generator.bytes`` for every nonce 1.2 s; SHA-256 of the 80 KB payloads, msgpack packing.
-Fixes: the overlay caches each round's cycle orders (one instance shared by all simulated
-nodes), counters replace the done scan, nonces come from 4 KiB blocks of the same stream, the
-envelope is joined in one copy (byte-identical to msgpack's), and fast mode drops the signature
-and the payload hash (what remains is the protocol itself: header parse and checks, replay
-guard, round logic, mixing, the event queue).
+Where the time went, first pass (cProfile, 250 nodes x 10 rounds, signed): Ed25519 verify 5.7 s
+and sign 1.9 s; the simulator's O(N) all-done check on every event 4.1 s; the overlay, which
+every node computed itself (1.25 M SHA-256, O(N^2) per round) 2.0 s; header parsing 2.7 s;
+numpy's ``Generator.bytes`` per nonce 1.2 s. Fixed by a shared per-round overlay cache, counters,
+4 KiB nonce blocks, a one-copy envelope join, and the unsigned fast mode.
 
-After (cProfile, 300 nodes x 4 rounds, fast mode): 16 messages per node-round (4 HELLO,
-4 CONTRIBUTE, 8 COMMIT: in a lockstep federation COMMITs cross in flight and each "w" request is
-answered once more), all of it per-message Python: sealing 29% of the run (header packing, the
-sealer's parse, joining 80 KB payloads), opening 26% (framing, checks, replay guard; the parse
-is reused), the machine's dispatch and phase logic about 35%, the simulator's queue and
-delivery 5%, mixing 4%. Measured (fast mode, load 2-6): 2.07 ms per node-round at 100 nodes,
-2.95 ms at 1,000 (x1.43: a larger working set, 2.7 GB RSS), so 1,000 x 100 takes ~295 s, not 60.
+Second pass (issue 13 section 2). Before (cProfile, 300 nodes x 4 rounds, fast mode with unsigned
+*bytes*, 2.43 s and 3.69 M calls under profiling at load 3): 16 messages per node-round (4 HELLO,
+4 CONTRIBUTE, 8 COMMIT, about 4 of them answers that cross in flight), sealing 29% (packing,
+the sealer's parse, joining 80 KB payloads), opening 26% (framing, checks, replay guard), the
+machine's dispatch and phase logic about 35%, queue 5%, mixing 4%; 2.07 ms per node-round at 100
+nodes, 2.95 at 1,000. What each change did (CPU ms per node-round, 100 nodes unless said; this
+machine's speed drifts 20-40% with the other tenants, so single numbers are rough):
+
+1. ``LOCAL`` codec (no envelope bytes: no pack/join/unpack/parse/decode per message): 2.06 -> 1.40
+   (300 nodes: 2.93 -> 1.65).
+2. A plain-typed seal path that builds the header directly, one VerifyContext per round, the
+   message type by table: 1.40 -> 1.25.
+3. Cyclic GC off during ``Simulator.run`` (its passes over millions of long-lived objects were
+   the 1,000-node penalty): 1,000 x 20: 1.82 -> 1.10; 100 x 20: 1.19 -> 0.84.
+4. Header, Message and the hot events/actions as NamedTuples (Message keeps the fields stages
+   read), cached ModelSpec sizes, replay lookups without temporaries: 0.84 -> 0.67.
+5. One payload per contribution (encoded once, not per edge; its float bounds taken once, in one
+   max and one min pass instead of isfinite + max + min per receiver).
+6. Inlined seal/receive helpers, module-global message types (an enum attribute is a metaclass
+   lookup), set differences without copies, slots on VerifyContext, two event heaps so the
+   superseded timers (3 per node-round) stay out of the messages' heap, the simulator's default
+   step returning x^r (the machine copies it anyway). Instructions per node-round (valgrind,
+   100 nodes, rounds 4 -> 8, deterministic): see the summary below.
+7. This benchmark's own disagreement tracker: an 80 MB (n, dim) matrix per round plus an 80 MB
+   temporary for the norm cost 60-120 ms per round at 1,000 nodes; now a Welford update in
+   preallocated buffers, 16 us per node report.
+
+After (same cProfile run at the same load: 1.47 s, 2.31 M calls): sealing 19%, opening 26%
+(checks 17%, replay guard 8%), the machine's dispatch and phase logic about 40% (mixing 7%), the
+simulator's queue and delivery 12%. Still 16 messages per node-round: dropping the crossing COMMIT
+answers would change what a lossy network delivers and the RNG stream of every seeded run (the
+golden digests), so that is a protocol change and is not done.
+
+Instructions per node-round (valgrind --tool=cachegrind, 100 nodes, rounds 4 -> 8, hash seed 0,
+one BLAS thread; deterministic where wall time here is not): 6.94 M before, 3.21 M after (x2.2).
+
+Measured after, on this 2-core machine under ``flock /tmp/fednode-heavy.lock`` at nice 0 (the
+simulation wall this benchmark prints; the machine's speed drifted a lot between runs):
+1,000 x 100: 74.0 s (0.740 ms per node-round; load 2.5 -> 1.5; before the cold-memory and
+tracker commits, which a same-moment A/B could not tell apart), 102.2 s (1.02; load 2.6 -> 1.6),
+100.3 s (1.00; load 0.7 -> 1.0), 161.1 s wall with 88.2 s CPU (load 0.2 -> 6.9: another tenant
+ran unlocked); the 100-node reference in those runs: 0.50, 0.73, 0.84, 0.62 ms per node-round
+(per node-round ratio x1.49, x1.39, x1.19, x2.60). The default 100-node run (50 rounds): 4.0 s
+and 4.8 s. So about 75-100 s for 1,000 x 100, down from about 295 s: not yet the 60 s of issue 13.
 """
 
 from __future__ import annotations
@@ -80,19 +118,31 @@ def spectral_factor_sparse(ids: list[bytes], overlay: RandomRegularOverlay, roun
 
 
 class _Disagreement:
-    """||X_r - J X_r||_F of every round, computed once all n nodes reported it (then freed)."""
+    """||X_r - J X_r||_F of every round, accumulated as the n nodes report it (Welford's update).
+
+    No (n, dim) matrix: writing 80 MB per round of a 1,000-node run and reading it twice for the
+    norm evicted the simulated nodes' state from the cache and cost more than the rest of the
+    round's bookkeeping; the running mean and sum of squares stay in cache.
+    """
 
     def __init__(self, n: int, dim: int) -> None:
         self.n, self.dim = n, dim
-        self._open: dict[int, tuple[list[int], np.ndarray]] = {}
+        self._open: dict[int, list] = {}   # round -> [count, mean, M2]
+        self._delta, self._tmp = np.empty(dim), np.empty(dim)
         self.by_round: dict[int, float] = {}
 
     def __call__(self, round: int, index: int, label: str, model: dict) -> None:
-        count, X = self._open.setdefault(round, ([0], np.empty((self.n, self.dim))))
-        X[index] = model["w"]
-        count[0] += 1
-        if count[0] == self.n:
-            self.by_round[round] = float(np.linalg.norm(X - X.mean(axis=0)))
+        x = np.asarray(model["w"], dtype=np.float64)
+        acc = self._open.get(round)
+        if acc is None:
+            acc = self._open[round] = [0, np.zeros(self.dim), np.zeros(self.dim)]
+        acc[0] += 1
+        delta, tmp = np.subtract(x, acc[1], out=self._delta), self._tmp
+        acc[1] += np.divide(delta, acc[0], out=tmp)             # mean += delta / k
+        np.subtract(x, acc[1], out=tmp)
+        acc[2] += np.multiply(delta, tmp, out=tmp)                # M2 += delta * (x - mean)
+        if acc[0] == self.n:
+            self.by_round[round] = float(np.sqrt(acc[2].sum()))
             del self._open[round]
 
 
@@ -114,7 +164,9 @@ def run(n: int, degree: int, rounds: int, dim: int, seed: int, signed: bool) -> 
     for r in range(rounds):
         lam_r = spectral_factor_sparse(sim.peer_ids, overlay, r)
         d = tracker.by_round[r]
-        rows.append({"round": r, "lambda": lam_r, "contraction": d / prev, "above_noise_floor": prev > 1e-10 * d0})
+        # exact consensus (every model bit-identical) gives 0: no contraction to rate after it
+        rows.append({"round": r, "lambda": lam_r, "contraction": d / prev if prev > 0 else float("nan"),
+                     "above_noise_floor": prev > 1e-10 * d0})
         prev = d
     spectral_s = time.perf_counter() - t2
     # below 1e-10 of the start, float64 rounding (not mixing) dominates: those rounds are not rated

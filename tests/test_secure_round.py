@@ -7,7 +7,6 @@ cancel exactly on the ring, whatever dropped out on the way.
 
 from __future__ import annotations
 
-import heapq
 
 import numpy as np
 import pytest
@@ -194,7 +193,7 @@ def test_secagg_plus_recovers_a_dropout_after_masking_without_a_retry():
     for _ in range(100_000):  # one event at a time until its first masked input is out
         if sends:
             break
-        at, _, idx, item = heapq.heappop(sim._queue)
+        at, _, idx, item = sim._pop()
         sim.now = at
         sim._step(idx, item)
     assert sends

@@ -177,3 +177,93 @@ def test_overlay_cache_matches_the_ring_definition_per_view(degree):
         rnd = int(rng.integers(12))
         container = [set, frozenset, list][int(rng.integers(3))]
         assert shared.neighbours(me, container(view), rnd) == _ring_definition("f", degree, me, view, rnd)
+
+
+# ---------------------------------------------------------------- the in-process codec (LOCAL)
+
+def _local_cases(peer, to: bytes):
+    """Seal keywords covering the fast path (plain metas, arrays) and the general one (odd metas)."""
+    ids = [identity_from_seed(bytes([50 + i])).peer_id for i in range(4)]
+    two = ModelSpec((("b", "<f4", (2,)), ("w", "<f8", (3,))))
+    base = dict(federation="t", round=4, now_ms=int(T0 * 1000))
+    return [
+        dict(base, msg_type=MsgType.HELLO, recipient=to, meta={"n": ids, "d": 4, "epk": b""}),
+        dict(base, msg_type=MsgType.HELLO, recipient=b"", meta={"n": tuple(ids), "d": 4}),
+        dict(base, msg_type=MsgType.COMMIT, recipient=to, attempt=2, meta={"u": ids, "d": 4, "w": []}),
+        dict(base, msg_type=MsgType.CONTRIBUTE, recipient=to, arrays={"w": np.arange(3.0), "b": np.ones(2)},
+             spec=two, meta={"d": 3}),
+        dict(base, msg_type=MsgType.MODEL_REPLY, recipient=to, arrays={"w": np.zeros(0)},
+             spec=ModelSpec((("w", "<f8", (0,)),)), meta={"r": 4}),
+        dict(base, msg_type=MsgType.RETRY, recipient=to, meta={"u": set(ids), "d": np.int64(2), "x": "s",
+                                                                   "nest": {"a": [1, [2.5, None]]}}),
+        dict(base, msg_type=int(MsgType.STATUS), recipient=b"", meta=None),
+    ]
+
+
+def test_local_envelopes_are_what_unsigned_bytes_open_to():
+    import msgpack
+
+    from fednode.security.arrays import decode_arrays
+    from fednode.security.codec import LOCAL, LocalEnvelope
+    from fednode.security.header import _parse_header
+    ids = [identity_from_seed(bytes([i])) for i in range(2)]
+    for i, case in enumerate(_local_cases(ids[1], ids[0].peer_id)):
+        nonce = bytes([i + 1]) * 16
+        local = LOCAL.seal(ids[1], nonce=nonce, **case)
+        raw = UNSIGNED.seal(ids[1], nonce=nonce, **case)
+        assert isinstance(local, LocalEnvelope) and len(local) == len(raw)
+        header_bytes, payload, _ = msgpack.unpackb(raw)
+        assert local.header_bytes == header_bytes
+        assert local.header == _parse_header(header_bytes)
+        if case.get("arrays") is None:
+            assert local.payload is None and payload == b""
+        else:
+            want = decode_arrays(payload, local.header.layout)
+            got = local.payload.arrays
+            assert list(got) == list(want) and local.payload.nbytes == len(payload)
+            for k in want:
+                assert got[k].dtype == want[k].dtype and got[k].shape == want[k].shape
+                assert got[k].tobytes() == want[k].tobytes() and not got[k].flags.writeable
+
+
+def test_local_codec_rejects_what_unsigned_rejects():
+    from fednode.security.codec import LOCAL
+    outcomes = {}
+    for codec in (UNSIGNED, LOCAL):
+        ids, spec, a = _pair(codec)
+        peer = ids[1]
+
+        def c(**kw):
+            return _reasons(a, codec.seal(peer, **dict(dict(
+                msg_type=MsgType.CONTRIBUTE, recipient=a.me, federation="t", round=0, arrays={"w": np.full(3, 1.0)},
+                spec=spec, meta={"d": 1}, now_ms=int(T0 * 1000)), **kw)))
+        outcomes[codec] = [
+            c(nonce=b"\x01" * 16), c(nonce=b"\x01" * 16), c(nonce=b"\x02" * 16), c(round=7, nonce=b"\x03" * 16),
+            c(recipient=b"\x09" * 32, nonce=b"\x04" * 16), c(federation="o", nonce=b"\x05" * 16),
+            c(attempt=1, arrays={"w": np.array([np.nan, 0, 0])}, nonce=b"\x06" * 16),
+            c(attempt=1, arrays={"w": np.array([0, -np.inf, 0])}, nonce=b"\x0b" * 16),
+            c(attempt=1, arrays={"w": np.array([0, 2.0**21, 0])}, nonce=b"\x0c" * 16),
+            c(attempt=2, arrays={"w": np.zeros(4)}, spec=None, nonce=b"\x07" * 16),
+            c(attempt=3, msg_type=MsgType.COMMIT, arrays={"w": np.zeros(3)}, nonce=b"\x0d" * 16),
+            c(attempt=3, nonce=b"\x0a" * 16, now_ms=int((T0 + 3600) * 1000)),
+            _reasons(a, codec.seal(identity_from_seed(b"stranger"), msg_type=MsgType.CONTRIBUTE, recipient=a.me,
+                                   federation="t", round=0, arrays={"w": np.ones(3)}, spec=spec, meta={"d": 1},
+                                   now_ms=int(T0 * 1000), nonce=b"\x08" * 16)),
+        ]
+    assert outcomes[LOCAL] == outcomes[UNSIGNED]
+    assert outcomes[LOCAL] == [[], ["replay_nonce"], ["duplicate"], ["future_round"], ["wrong_recipient"],
+                               ["wrong_federation"], ["non_finite"], ["non_finite"], ["magnitude"], ["layout"],
+                               ["unexpected_payload"], ["timestamp"], ["unknown_sender"]]
+
+
+def test_local_payload_is_shared_only_within_one_millisecond():
+    from fednode.security.codec import LocalCodec
+    codec, (a, b) = LocalCodec(), [identity_from_seed(bytes([i])) for i in range(2)]
+    spec, half = ModelSpec((("w", "<f8", (3,)),)), {"w": np.arange(3.0)}
+
+    def seal(now_ms: int, nonce: int, arrays=half):
+        return codec.seal(a, msg_type=MsgType.CONTRIBUTE, recipient=b.peer_id, federation="t", round=0,
+                          arrays=arrays, spec=spec, meta={"d": 1}, now_ms=now_ms, nonce=bytes([nonce]) * 16)
+    first, second, later = seal(5, 1), seal(5, 2), seal(6, 3)
+    assert first.payload is second.payload and later.payload is not first.payload
+    assert seal(6, 4, {"w": half["w"].copy()}).payload is not later.payload   # other arrays: encoded anew

@@ -25,7 +25,7 @@ def mix(own: Mapping[str, np.ndarray], neighbours: Mapping[Hashable, Mapping[str
             np.subtract(np.asarray(neighbours[peer][name], dtype=np.float64), xi, out=tmp)
             tmp *= weights[peer]
             acc += tmp
-        out[name] = (xi + acc).astype(np.asarray(x).dtype)
+        out[name] = (xi + acc).astype(np.asarray(x).dtype, copy=False)  # a fresh array already: no second copy
     return out
 
 

@@ -8,15 +8,15 @@ events stamped with the driver's clock and carries out the actions it returns.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from fednode.security.arrays import Model
 
 # --------------------------------------------------------------------------- events
 
 
-@dataclass(frozen=True)
-class MessageReceived:
-    """Untrusted bytes from the transport; the machine verifies them itself."""
+class MessageReceived(NamedTuple):
+    """Untrusted bytes from the transport; the machine verifies them itself (a tuple: one per message)."""
 
     data: bytes
     now: float
@@ -59,9 +59,8 @@ Event = MessageReceived | PeerJoined | PeerLeft | TimerFired | LocalStepDone
 # --------------------------------------------------------------------------- actions
 
 
-@dataclass(frozen=True)
-class Send:
-    """Deliver ``data`` to one peer (per-recipient key on Zenoh)."""
+class Send(NamedTuple):
+    """Deliver ``data`` to one peer (per-recipient key on Zenoh); a tuple: one per message."""
 
     peer: bytes
     data: bytes
@@ -76,8 +75,7 @@ class Broadcast:
     kind: str = ""
 
 
-@dataclass(frozen=True)
-class SetTimer:
+class SetTimer(NamedTuple):
     """Fire a :class:`TimerFired` at or after ``deadline`` (driver-clock seconds).
 
     The machine re-checks its own deadlines on every event, so a driver may fire late,

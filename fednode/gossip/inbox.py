@@ -34,8 +34,19 @@ class Inbox:
         """Round -> peers whose signed contribution for it had bad content (non-finite, out of bounds,
         wrong layout): proof the peer is at fault, so the exchange stops waiting for and RETRYing it
         (PROTOCOL §4). Without this, every round with a wire-rejected attacker ran to its timeouts."""
+        self._contexts: dict[tuple[int, bool], VerifyContext] = {}
 
     def open(self, data: bytes, now: float, *, current_round: int, syncing: bool) -> Message | Reject:
+        ctx = self._contexts.get((current_round, syncing))
+        if ctx is None:
+            if len(self._contexts) > 8:  # rounds only go up: old views are never asked again
+                self._contexts.clear()
+            ctx = self._contexts[(current_round, syncing)] = self._context(current_round, syncing)
+        ctx.now_ms = int(now * 1000)
+        return self.codec.open(data, ctx)
+
+    def _context(self, current_round: int, syncing: bool) -> VerifyContext:
+        """The receiver's view for one round (reused for its messages: only ``now_ms`` changes)."""
         future = {int(MsgType.HELLO)}
         past = {int(MsgType.MODEL_REQUEST)}
         if syncing:  # a syncing node takes a model reply from any round (it decides on its own)
@@ -46,22 +57,27 @@ class Inbox:
             secure = dict(payload_types=frozenset({int(MsgType.CONTRIBUTE)}),
                           allowed_payload_dtypes=frozenset({secagg.RING_DTYPE}))
         cfg = self.config
-        ctx = VerifyContext(
+        return VerifyContext(
             **secure,
             self_id=self.me, federation=cfg.federation, allow_list=self.allow_list,
-            current_round=current_round, now_ms=int(now * 1000), replay=self.replay, model_spec=self.spec,
+            current_round=current_round, now_ms=0, replay=self.replay, model_spec=self.spec,
             unbounded_future_types=frozenset(future), unbounded_past_types=frozenset(past),
             rounds_behind=cfg.rounds_behind, rounds_ahead=cfg.rounds_ahead,
             timestamp_window_ms=int(cfg.timestamp_window_s * 1000),
             max_message_bytes=cfg.max_message_bytes, max_abs=cfg.max_abs, offenders=self.offenders)
-        return self.codec.open(data, ctx)
 
     def receive(self, out: list[Action], data: bytes, now: float, *, current_round: int,
                 syncing: bool) -> Message | None:
         """Count the bytes, verify them; a rejection is counted and reported, and gives None."""
-        self.stats.messages_in += 1
-        self.stats.bytes_in += len(data)
-        result = self.open(data, now, current_round=current_round, syncing=syncing)
+        stats = self.stats
+        stats.messages_in += 1
+        stats.bytes_in += len(data)
+        ctx = self._contexts.get((current_round, syncing))  # open(), inlined: once per message
+        if ctx is None:
+            result = self.open(data, now, current_round=current_round, syncing=syncing)
+        else:
+            ctx.now_ms = int(now * 1000)
+            result = self.codec.open(data, ctx)
         if isinstance(result, Reject):
             self.reject(out, result)
             return None
@@ -88,6 +104,9 @@ def peer_degree(msg: Message) -> int | None:
 def peer_set(msg: Message, key: str) -> frozenset[bytes] | None:
     """A list of 32-byte peer ids under ``key``, or None when it is anything else."""
     value = msg.meta.get(key)
-    if not isinstance(value, list) or not all(isinstance(v, bytes) and len(v) == 32 for v in value):
+    if not isinstance(value, list):
         return None
+    for v in value:  # a loop, not all(genexpr): two lists per COMMIT
+        if not isinstance(v, bytes) or len(v) != 32:
+            return None
     return frozenset(value)

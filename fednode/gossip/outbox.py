@@ -3,7 +3,7 @@
 Every stage hands its message here; the byte and message counters of the node's status are kept
 here too, so no stage can send without them counting. The envelope codec is
 :data:`~fednode.security.codec.SIGNED` except in the simulator's fast mode
-(:data:`~fednode.security.codec.UNSIGNED`, plaintext only).
+(:data:`~fednode.security.codec.LOCAL`, plaintext only).
 """
 
 from __future__ import annotations
@@ -47,6 +47,12 @@ class Outbox:
     def post(self, out: list[Action], msg_type: MsgType, peer: bytes, round: int, now: float, kind: str, *,
              attempt: int = 0, arrays: Model | None = None, spec: ModelSpec | None = None,
              meta: dict | None = None) -> None:
-        """Seal and send in one call (what nearly every stage does)."""
-        data = self.seal(msg_type, peer, round, now, attempt=attempt, arrays=arrays, spec=spec, meta=meta)
-        self.send(out, peer, data, kind)
+        """Seal and send in one call (what nearly every stage does); :meth:`seal` and :meth:`send`, inlined."""
+        data = self.codec.seal(self.identity, msg_type=msg_type, recipient=peer, federation=self.config.federation,
+                               round=round, attempt=attempt, arrays=arrays,
+                               spec=(spec or self.spec) if arrays is not None else None, meta=meta or {},
+                               now_ms=int(now * 1000), nonce=self._nonce(16))
+        stats = self.stats
+        stats.messages_out += 1
+        stats.bytes_out += len(data)
+        out.append(Send(peer, data, kind))

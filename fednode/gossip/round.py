@@ -52,6 +52,9 @@ from fednode.security.noise import make_rng
 
 __all__ = ["AGGREGATE", "COMMITTING", "DONE", "SYNC", "TRAIN", "GossipNode", "NodeStats"]
 
+_HELLO, _MODEL_REQUEST, _MODEL_REPLY, _STATUS = MsgType.HELLO, MsgType.MODEL_REQUEST, MsgType.MODEL_REPLY, MsgType.STATUS
+"""Read per message: an enum class attribute costs a metaclass lookup, a module global does not."""
+
 class GossipNode:
     """One peer's round logic. Feed :meth:`start` once, then every event to :meth:`handle`."""
 
@@ -246,10 +249,11 @@ class GossipNode:
 
     def _advance(self, now: float, out: list[Action]) -> None:
         """Move the current round forward as far as the known facts allow."""
+        ctx = self.ctx
         for _ in range(8):  # a handful of phase transitions per event at most
-            before = (self.ctx.phase, self.round_number)
+            phase, number = ctx.phase, self.round_number
             self._step(now, out)
-            if (self.ctx.phase, self.round_number) == before or self.ctx.phase == DONE:
+            if (ctx.phase == phase and self.round_number == number) or ctx.phase == DONE:
                 return
 
     def _step(self, now: float, out: list[Action]) -> None:
@@ -289,47 +293,52 @@ class GossipNode:
     # ------------------------------------------------------------------ routing
 
     def _on_bytes(self, data: bytes, now: float, out: list[Action]) -> None:
-        msg = self.ctx.inbox.receive(out, data, now, current_round=self.round_number, syncing=self.ctx.phase == SYNC)
-        if msg is None or msg.sender == self.me:
+        ctx = self.ctx
+        msg = ctx.inbox.receive(out, data, now, current_round=self.round_number, syncing=ctx.phase == SYNC)
+        if msg is None:
             return
-        if msg.sender not in self.ctx.members:
-            self.ctx.members.add(msg.sender)  # a verified message proves liveness and admission
-        if self.ctx.secure and msg.msg_type == MsgType.HELLO:
-            self.ctx.hello_raw.setdefault((msg.round, msg.sender), data)
+        sender = msg.sender
+        if sender == self.me:
+            return
+        if sender not in ctx.members:
+            ctx.members.add(sender)  # a verified message proves liveness and admission
+        if ctx.secure and msg.msg_type == _HELLO:
+            ctx.hello_raw.setdefault((msg.round, sender), data)
         self._dispatch(msg, now, out)
 
     def _dispatch(self, msg: Message, now: float, out: list[Action]) -> None:
-        t = msg.msg_type
-        if t == MsgType.MODEL_REQUEST:
+        t, ctx = msg.msg_type, self.ctx
+        if t == _MODEL_REQUEST:
             self.catchup.serve(msg, self.round_number, self.model, now, out)
             return
-        if t == MsgType.MODEL_REPLY:
+        if t == _MODEL_REPLY:
             self._on_model_reply(msg, now, out)
             return
-        if t == MsgType.STATUS:
+        if t == _STATUS:
             return
-        if self.ctx.phase == SYNC:
-            if t == MsgType.HELLO:
+        phase = ctx.phase
+        if phase == SYNC:
+            if t == _HELLO:
                 self.catchup.on_hello(msg, self.round_number, now, out)
             return
-        r = msg.round
+        r, current = msg.round, ctx.current
         if r > self.round_number:
-            if t == MsgType.HELLO and self.catchup.should_jump(msg, self.round_number, self.ctx.current):
+            if t == _HELLO and self.catchup.should_jump(msg, self.round_number, current):
                 self._jump(msg, now, out)
                 return
             self.catchup.buffer(msg)
             return
-        if r == self.round_number and self.ctx.current is not None and self.ctx.phase != DONE:
-            self._on_current(self.ctx.current, msg, now, out)
+        if r == self.round_number and current is not None and phase != DONE:
+            self._on_current(current, msg, now, out)
         else:
-            for old in (self.ctx.current if self.ctx.phase == DONE else None, self._prev):
+            for old in (current if phase == DONE else None, self._prev):
                 if old is not None and r == old.number:
                     for handler in self.stages.previous.get(t, ()):  # slower peers still need our answers
                         handler(old, msg, now, out)
                     return
 
     def _on_current(self, rnd: RoundState, msg: Message, now: float, out: list[Action]) -> None:
-        if msg.msg_type == MsgType.HELLO:
+        if msg.msg_type == _HELLO:
             degree = self.hello.on_hello(rnd, msg, out)
             if degree is not None and self.stages.late_edge is not None:
                 self.stages.late_edge(rnd, msg.sender, degree, now, out)

@@ -20,9 +20,9 @@ def accept_local_step(spec: ModelSpec, base: Model, model: Model, update_clip: f
     """
     if not spec.matches(model):
         return None, "bad_local_step_layout"
-    if not all(np.isfinite(v).all() for v in model.values()):
-        return None, "bad_local_step_non_finite"
     half = {k: np.array(v, copy=True) for k, v in model.items()}
+    if not all(np.isfinite(v).all() for v in half.values()):  # on the copy: it is in cache now
+        return None, "bad_local_step_non_finite"
     if update_clip is not None:
         delta = {k: half[k].astype(np.float64) - base[k].astype(np.float64) for k in half}
         clipped, _norm = clip_by_global_norm(delta, update_clip)

@@ -9,6 +9,7 @@ before it reads a single payload byte.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -72,7 +73,7 @@ class ModelSpec:
         """Same names and shapes, every array in ``dtype`` (e.g. '<u8' for ring-encoded payloads)."""
         return ModelSpec(tuple((n, _le_dtype_str(np.dtype(dtype)), s) for n, _, s in self.entries))
 
-    @property
+    @functools.cached_property
     def names(self) -> tuple[str, ...]:
         return tuple(e[0] for e in self.entries)
 
@@ -81,8 +82,9 @@ class ModelSpec:
         """Total number of scalars."""
         return sum(math.prod(s) for _, _, s in self.entries)  # Python ints: np.prod(int64) wraps silently
 
-    @property
+    @functools.cached_property
     def nbytes(self) -> int:
+        """Payload bytes (cached, like ``names``: the receiver asks for every payload it checks)."""
         return sum(math.prod(s) * np.dtype(d).itemsize for _, d, s in self.entries)
 
     def zeros(self) -> Model:
@@ -145,3 +147,54 @@ def decode_arrays(payload: bytes, spec: ModelSpec) -> Model:
         out[name] = arr
         offset += n * dt.itemsize
     return out
+
+
+def float_bounds(arrays: Mapping[str, np.ndarray]) -> dict[str, tuple[float, float]]:
+    """(max, min) of every non-empty float array, in order: NaN propagates through both and an
+    infinity reaches one, so they decide finiteness as well as the magnitude max(max, -min)."""
+    out = {}
+    with np.errstate(all="ignore"):
+        for name, a in arrays.items():
+            if a.dtype.kind == "f" and a.size:
+                out[name] = float(a.max()), float(a.min())
+    return out
+
+
+def check_floats(arrays: Mapping[str, np.ndarray], max_norm: float | None,
+                 norm_reference: Mapping[str, np.ndarray] | None, max_abs: float | None,
+                 bounds: dict[str, tuple[float, float]] | None = None) -> tuple[str, str] | None:
+    """Finiteness, norm and magnitude of a received payload's float arrays: (reason, detail) or None.
+
+    Part of check 8 of :func:`fednode.security.envelope.open_envelope`; caller data is only read.
+    ``bounds`` is :func:`float_bounds` of ``arrays`` when the caller has it already (an immutable
+    payload several receivers check, :mod:`fednode.security.codec`): one max and one min pass per
+    array either way, no isfinite temporary.
+    """
+    floats = {n: a for n, a in arrays.items() if a.dtype.kind == "f"}
+    if not floats:
+        return None
+    if bounds is None:
+        bounds = float_bounds(floats)
+    for name, (hi, lo) in bounds.items():
+        if not (math.isfinite(hi) and math.isfinite(lo)):
+            return "non_finite", name
+    with np.errstate(all="ignore"):
+        if max_norm is not None:
+            ref = norm_reference
+            total = 0.0
+            for name, a in floats.items():
+                v = a.astype(np.float64).reshape(-1)
+                if ref is not None:
+                    r = ref.get(name)
+                    if r is None or np.shape(r) != a.shape:
+                        return "layout", f"norm_reference has no {a.shape} array {name!r}"
+                    v = v - np.asarray(r, dtype=np.float64).reshape(-1)
+                total += float(np.dot(v, v))
+            norm = float(np.sqrt(total))
+            if not norm <= max_norm:
+                return "norm", f"{norm:.6g} > {max_norm:.6g}"
+    if max_abs is not None:
+        for name, (hi, lo) in bounds.items():
+            if not max(hi, -lo) <= max_abs:
+                return "magnitude", name
+    return None

@@ -33,15 +33,15 @@ from __future__ import annotations
 import hashlib
 import operator
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 import numpy as np
 from cryptography.exceptions import InvalidSignature
 
-from fednode.security.arrays import ModelSpec, decode_arrays, encode_arrays
+from fednode.security.arrays import ModelSpec, check_floats, decode_arrays, encode_arrays
 from fednode.security.header import (  # noqa: F401 (names of the wire format, re-exported)
                                      HEADER_FIELDS, ID_BYTES, MAX_HEADER_ARRAY_LEN, MAX_HEADER_BYTES,
                                      MAX_HEADER_MAP_LEN, MAX_HEADER_STR_LEN, MAX_META_DEPTH, MAX_UINT, NONCE_BYTES,
@@ -72,36 +72,32 @@ counting them would let a third party get an honest peer banned.
 """
 
 
-@dataclass(frozen=True)
-class Message:
-    """An accepted message: verified header and read-only arrays viewing the payload."""
+_MSG_TYPE = {int(t): t for t in MsgType}
+
+
+class Message(NamedTuple):
+    """An accepted message: verified header and read-only arrays viewing the payload.
+
+    A tuple, built once per message by :meth:`of`, that also holds the header fields every stage
+    reads (sender, type, round, attempt, meta) so reading them is not a property call.
+    """
 
     header: Header
     arrays: dict[str, np.ndarray]
+    sender: bytes
+    msg_type: MsgType
+    round: int
+    attempt: int
+    meta: dict
 
-    @property
-    def sender(self) -> bytes:
-        return self.header.sender
+    @classmethod
+    def of(cls, header: Header, arrays: dict[str, np.ndarray]) -> "Message":
+        return _tuple_new(cls, (header, arrays, header.sender, _MSG_TYPE[header.msg_type], header.round,
+                                header.attempt, header.meta))
 
     @property
     def recipient(self) -> bytes:
         return self.header.recipient
-
-    @property
-    def msg_type(self) -> MsgType:
-        return MsgType(self.header.msg_type)
-
-    @property
-    def round(self) -> int:
-        return self.header.round
-
-    @property
-    def attempt(self) -> int:
-        return self.header.attempt
-
-    @property
-    def meta(self) -> dict:
-        return self.header.meta
 
     @property
     def nonce(self) -> bytes:
@@ -114,6 +110,10 @@ class Message:
     @property
     def layout(self) -> ModelSpec:
         return self.header.layout
+
+
+_tuple_new = tuple.__new__
+"""The C constructor of a tuple subclass: a NamedTuple's own ``__new__`` is a Python function."""
 
 
 @dataclass(frozen=True)
@@ -138,9 +138,10 @@ class Reject:
         return self.sender is not None and self.reason in ATTRIBUTABLE_REASONS
 
 
-@dataclass
+@dataclass(slots=True)
 class VerifyContext:
-    """Everything :func:`open_envelope` checks against (the receiver's view at ``now_ms``)."""
+    """Everything :func:`open_envelope` checks against (the receiver's view at ``now_ms``; slots: the
+    verifier reads some twenty of its fields per message)."""
 
     self_id: bytes
     federation: str
@@ -200,19 +201,11 @@ def _uint(name: str, value: Any) -> int:
     return int(v)
 
 
-def seal(identity: Identity, *, msg_type: int, recipient: bytes, federation: str, round: int, attempt: int = 0,
-         arrays: Mapping[str, np.ndarray] | None = None, spec: ModelSpec | None = None,
-         meta: Mapping[str, Any] | None = None, now_ms: int, nonce: bytes | None = None,
-         signed: bool = True, header_cache: dict[bytes, Header] | None = None) -> bytes:
-    """Build and sign an envelope. Raises ValueError/TypeError on bad arguments (a caller bug).
-
-    ``recipient`` is the 32-byte peer id, or b"" for a broadcast type. ``arrays`` are encoded in
-    ``spec`` order and dtypes (default: ``ModelSpec.of(arrays)``). ``meta`` is a small map with
-    str keys. ``nonce`` defaults to 16 random bytes. Nothing passed in is modified.
-    ``signed=False`` is for simulations only (see the module docstring). ``header_cache`` (a
-    simulator's, sender and receivers in one process) keeps the parse of the emitted header for
-    :func:`open_envelope` with the same cache, which then need not parse those bytes again.
-    """
+def header_fields(identity: Identity, *, msg_type: int, recipient: bytes, federation: str, round: int,
+                  attempt: int = 0, arrays: Mapping[str, np.ndarray] | None = None, spec: ModelSpec | None = None,
+                  meta: Mapping[str, Any] | None = None, now_ms: int, nonce: bytes | None = None,
+                  signed: bool = True) -> tuple[list, bytes, ModelSpec | None]:
+    """:func:`seal`'s argument checks: the header to pack, the payload, and its spec (None: no arrays)."""
     mt = int(MsgType(msg_type))
     if not isinstance(recipient, bytes) or len(recipient) not in (0, ID_BYTES):
         raise ValueError("recipient must be a 32-byte peer id or b'' (broadcast)")
@@ -230,12 +223,32 @@ def seal(identity: Identity, *, msg_type: int, recipient: bytes, federation: str
         if spec is not None and spec.entries:
             raise ValueError("a spec was given without arrays")
         payload, layout = b"", []
+        spec = None
     meta_obj = {} if meta is None else meta
     if not isinstance(meta_obj, Mapping):
         raise ValueError("meta must be a mapping with str keys")
     header = [PROTOCOL_VERSION, mt, identity.peer_id, recipient, federation, _uint("round", round),
               _uint("attempt", attempt), nonce, _uint("now_ms", now_ms),
               hashlib.sha256(payload).digest() if signed else UNSIGNED_PAYLOAD_HASH, layout, dict(meta_obj)]
+    return header, payload, spec
+
+
+def seal(identity: Identity, *, msg_type: int, recipient: bytes, federation: str, round: int, attempt: int = 0,
+         arrays: Mapping[str, np.ndarray] | None = None, spec: ModelSpec | None = None,
+         meta: Mapping[str, Any] | None = None, now_ms: int, nonce: bytes | None = None,
+         signed: bool = True, header_cache: dict[bytes, Header] | None = None) -> bytes:
+    """Build and sign an envelope. Raises ValueError/TypeError on bad arguments (a caller bug).
+
+    ``recipient`` is the 32-byte peer id, or b"" for a broadcast type. ``arrays`` are encoded in
+    ``spec`` order and dtypes (default: ``ModelSpec.of(arrays)``). ``meta`` is a small map with
+    str keys. ``nonce`` defaults to 16 random bytes. Nothing passed in is modified.
+    ``signed=False`` is for simulations only (see the module docstring). ``header_cache`` (a
+    simulator's, sender and receivers in one process) keeps the parse of the emitted header for
+    :func:`open_envelope` with the same cache, which then need not parse those bytes again.
+    """
+    header, payload, _ = header_fields(identity, msg_type=msg_type, recipient=recipient, federation=federation,
+                                       round=round, attempt=attempt, arrays=arrays, spec=spec, meta=meta,
+                                       now_ms=now_ms, nonce=nonce, signed=signed)
     header_bytes = msgpack.packb(header, use_bin_type=True, default=_meta_default)
     parsed = _parse_header(header_bytes)
     if isinstance(parsed, str):  # refuse to emit what every receiver would reject as malformed
@@ -244,37 +257,6 @@ def seal(identity: Identity, *, msg_type: int, recipient: bytes, federation: str
         header_cache[header_bytes] = parsed
     sig = identity.sign(SIG_DOMAIN + header_bytes) if signed else UNSIGNED_SIG
     return pack_envelope(header_bytes, payload, sig)
-
-
-def _float_checks(arrays: Mapping[str, np.ndarray], ctx: VerifyContext) -> tuple[str, str] | None:
-    """Finiteness, norm and magnitude of the floating-point arrays; caller data is only read."""
-    floats = {n: a for n, a in arrays.items() if a.dtype.kind == "f"}
-    if not floats:
-        return None
-    for name, a in floats.items():
-        if not np.isfinite(a).all():
-            return "non_finite", name
-    with np.errstate(all="ignore"):
-        if ctx.max_norm is not None:
-            ref = ctx.norm_reference
-            total = 0.0
-            for name, a in floats.items():
-                v = a.astype(np.float64).reshape(-1)
-                if ref is not None:
-                    r = ref.get(name)
-                    if r is None or np.shape(r) != a.shape:
-                        return "layout", f"norm_reference has no {a.shape} array {name!r}"
-                    v = v - np.asarray(r, dtype=np.float64).reshape(-1)
-                total += float(np.dot(v, v))
-            norm = float(np.sqrt(total))
-            if not norm <= ctx.max_norm:
-                return "norm", f"{norm:.6g} > {ctx.max_norm:.6g}"
-        if ctx.max_abs is not None:
-            for name, a in floats.items():
-                # max|a| as max(max a, -min a): same value (a is finite here), no |a| temporary
-                if a.size and not max(float(a.max()), -float(a.min())) <= ctx.max_abs:
-                    return "magnitude", name
-    return None
 
 
 _BIN_MARKERS = frozenset({0xC4, 0xC5, 0xC6})
@@ -296,17 +278,6 @@ def open_envelope(raw: bytes, ctx: VerifyContext, *, signed: bool = True,
 def _open(raw: bytes, ctx: VerifyContext, signed: bool = True,
           header_cache: dict[bytes, Header] | None = None) -> Message | Reject:
     now_s = ctx.now_ms / 1000.0
-    offenders = ctx.offenders
-    token: list[bytes] = []
-
-    def blame(reason: str, detail: str, sender: bytes, content_of: Header | None = None) -> Reject:
-        """A reject after the signature verified: attribute it, and count it if the signer is at fault."""
-        if offenders is not None and reason in ATTRIBUTABLE_REASONS:
-            offenders.note(sender, now_s, token[0] if token else None)
-        if content_of is None:
-            return Reject(reason, detail, sender)
-        return Reject(reason, detail, sender, content_of.round, content_of.msg_type)
-
     # 1. size, 2. structure (bounded msgpack, exact types and lengths)
     if not isinstance(raw, (bytes, bytearray, memoryview)):
         return Reject("malformed", "envelope is not bytes")
@@ -338,71 +309,108 @@ def _open(raw: bytes, ctx: VerifyContext, signed: bool = True,
         signer = _signer_of_malformed(header_bytes, to_verify, sig, ctx, now_s, signed)
         if signer is None:
             return Reject("malformed", header)
-        token.append(hashlib.sha256(header_bytes).digest())
-        return blame("malformed", header, signer)
+        return _blame("malformed", header, signer, header_bytes, ctx, now_s)
     sender = header.sender
 
     # 3. pinned sender, 4. not banned, 5. signature over the exact received header bytes
-    public_key = ctx.allow_list.public_key(sender)
-    if public_key is None:
+    refused = admit(sender, ctx, now_s)
+    if refused is not None:
+        return refused
+    if signed:
+        try:
+            ctx.allow_list.public_key(sender).verify(sig, to_verify)  # type: ignore[union-attr]
+        except InvalidSignature:
+            return Reject("bad_signature", sender.hex()[:12])
+        # 6. the payload is the one the sender signed
+        if hashlib.sha256(payload).digest() != header.payload_sha256:
+            return _blame("payload_hash", "", sender, header_bytes, ctx, now_s)
+    return accept(header, header_bytes, len(payload), payload, ctx, now_s)
+
+
+def _blame(reason: str, detail: str, sender: bytes, header_bytes: bytes, ctx: VerifyContext, now_s: float,
+           content_of: Header | None = None) -> Reject:
+    """A reject after the signature verified: attribute it, and count it if the signer is at fault
+    (the token, SHA-256 of the signed header, identifies the message: a replay counts once).
+    ``content_of``: the header of a message refused for its content (step 8)."""
+    if ctx.offenders is not None and reason in ATTRIBUTABLE_REASONS:
+        ctx.offenders.note(sender, now_s, hashlib.sha256(header_bytes).digest())
+    if content_of is None:
+        return Reject(reason, detail, sender)
+    return Reject(reason, detail, sender, content_of.round, content_of.msg_type)
+
+
+def admit(sender: bytes, ctx: VerifyContext, now_s: float) -> Reject | None:
+    """Checks 3 and 4: the sender is pinned in the allow-list and not banned (None: admitted)."""
+    if ctx.allow_list.public_key(sender) is None:
         return Reject("unknown_sender", sender.hex()[:12])
-    if offenders is not None and offenders.is_banned(sender, now_s):
+    if ctx.offenders is not None and ctx.offenders.is_banned(sender, now_s):
         return Reject("banned", sender.hex()[:12], sender)
-    try:
-        if signed:
-            public_key.verify(sig, to_verify)
-    except InvalidSignature:
-        return Reject("bad_signature", sender.hex()[:12])
-    token.append(hashlib.sha256(header_bytes).digest())  # identifies this signed message (payload via its hash)
+    return None
 
-    # 6. the payload is the one the sender signed
-    if signed and hashlib.sha256(payload).digest() != header.payload_sha256:
-        return blame("payload_hash", "", sender)
 
+def accept(header: Header, header_bytes: bytes, payload_len: int, payload: bytes | Mapping[str, np.ndarray],
+           ctx: VerifyContext, now_s: float,
+           bounds: Callable[[], dict[str, tuple[float, float]]] | None = None) -> Message | Reject:
+    """Checks 7 and 8 of an authenticated header, in order, then the replay guard records it.
+
+    ``payload`` is the raw payload, or (the simulator's in-process envelopes,
+    :mod:`fednode.security.codec`) the read-only arrays it decodes to, ``payload_len`` bytes long,
+    and ``bounds`` gives their :func:`~fednode.security.arrays.float_bounds`.
+    """
+    sender = header.sender
     # 7. protocol, federation, addressing, freshness, replay
     if header.version != PROTOCOL_VERSION:
-        return blame("wrong_version", str(header.version)[:20], sender)
+        return _blame("wrong_version", str(header.version)[:20], sender, header_bytes, ctx, now_s)
     if header.federation != ctx.federation:
-        return blame("wrong_federation", repr(header.federation[:64]), sender)
+        return _blame("wrong_federation", repr(header.federation[:64]), sender, header_bytes, ctx, now_s)
+    mt = header.msg_type
     if header.recipient == b"":
-        if header.msg_type not in ctx.broadcast_types:
-            return blame("wrong_recipient", "broadcast of a unicast type", sender)
+        if mt not in ctx.broadcast_types:
+            return _blame("wrong_recipient", "broadcast of a unicast type", sender, header_bytes, ctx, now_s)
     elif header.recipient != ctx.self_id:
-        return blame("wrong_recipient", header.recipient.hex()[:12], sender)
+        return _blame("wrong_recipient", header.recipient.hex()[:12], sender, header_bytes, ctx, now_s)
     r = header.round
-    if r < ctx.current_round - ctx.rounds_behind and header.msg_type not in ctx.unbounded_past_types:
-        return blame("stale_round", f"{r} < {ctx.current_round} - {ctx.rounds_behind}", sender)
-    if r > ctx.current_round + ctx.rounds_ahead and header.msg_type not in ctx.unbounded_future_types:
-        return blame("future_round", f"{r} > {ctx.current_round} + {ctx.rounds_ahead}", sender)
+    if r < ctx.current_round - ctx.rounds_behind and mt not in ctx.unbounded_past_types:
+        return _blame("stale_round", f"{r} < {ctx.current_round} - {ctx.rounds_behind}", sender, header_bytes, ctx,
+                      now_s)
+    if r > ctx.current_round + ctx.rounds_ahead and mt not in ctx.unbounded_future_types:
+        return _blame("future_round", f"{r} > {ctx.current_round} + {ctx.rounds_ahead}", sender, header_bytes, ctx,
+                      now_s)
     if abs(header.timestamp_ms - ctx.now_ms) > ctx.timestamp_window_ms:
-        return blame("timestamp", f"off by {header.timestamp_ms - ctx.now_ms} ms", sender)
-    key = (header.msg_type, r, header.attempt, header.recipient)
-    seen = ctx.replay.seen(sender, header.nonce, key, now_s)
+        return _blame("timestamp", f"off by {header.timestamp_ms - ctx.now_ms} ms", sender, header_bytes, ctx, now_s)
+    key = (mt, r, header.attempt, header.recipient)
+    replay = ctx.replay
+    seen = replay.seen(sender, header.nonce, key, now_s)
     if seen is not None:
-        return blame(seen, "", sender)
+        return _blame(seen, "", sender, header_bytes, ctx, now_s)
 
     # 8. payload: only where expected, exactly the expected layout, then plaintext sanity
-    arrays: dict[str, np.ndarray] = {}
-    if header.msg_type not in ctx.payload_types:
-        if payload or header.layout.entries:
-            return blame("unexpected_payload", f"{len(payload)} bytes", sender, header)
+    arrays: Mapping[str, np.ndarray] = {}
+    layout = header.layout
+    if mt not in ctx.payload_types:
+        if payload_len or layout.entries:
+            return _blame("unexpected_payload", f"{payload_len} bytes", sender, header_bytes, ctx, now_s, header)
     else:
         accepted = ctx.accepted_layouts()
-        if accepted is not None and header.layout not in accepted:
-            return blame("layout", "layout differs from the model spec", sender, header)
-        if len(payload) != header.layout.nbytes:
-            return blame("layout", f"payload has {len(payload)} bytes, layout needs {header.layout.nbytes}", sender,
-                         header)
-        try:
-            arrays = decode_arrays(payload, header.layout)
-        except ValueError as exc:
-            return blame("layout", str(exc)[:200], sender, header)
-        bad = _float_checks(arrays, ctx)
+        if accepted is not None and layout not in accepted:
+            return _blame("layout", "layout differs from the model spec", sender, header_bytes, ctx, now_s, header)
+        if payload_len != layout.nbytes:
+            return _blame("layout", f"payload has {payload_len} bytes, layout needs {layout.nbytes}", sender,
+                          header_bytes, ctx, now_s, header)
+        if isinstance(payload, bytes):
+            try:
+                arrays = decode_arrays(payload, layout)
+            except ValueError as exc:
+                return _blame("layout", str(exc)[:200], sender, header_bytes, ctx, now_s, header)
+        else:
+            arrays = payload
+        bad = check_floats(arrays, ctx.max_norm, ctx.norm_reference, ctx.max_abs,
+                           None if bounds is None else bounds())
         if bad is not None:
-            return blame(bad[0], bad[1], sender, header)
+            return _blame(bad[0], bad[1], sender, header_bytes, ctx, now_s, header)
 
-    ctx.replay.record(sender, header.nonce, key, now_s)
-    return Message(header, arrays)
+    replay.record(sender, header.nonce, key, now_s)
+    return Message.of(header, dict(arrays) if type(arrays) is not dict else arrays)
 
 
 def _signer_of_malformed(header_bytes: bytes, to_verify: bytes, sig: bytes, ctx: VerifyContext,

@@ -10,7 +10,7 @@ need the receiver's view live in :mod:`fednode.security.envelope`.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import msgpack
 
@@ -57,9 +57,8 @@ _MSG_TYPES = frozenset(int(t) for t in MsgType)
 _NO_ARRAYS = ModelSpec(())
 
 
-@dataclass(frozen=True)
-class Header:
-    """The signed header, as parsed from the verified header bytes."""
+class Header(NamedTuple):
+    """The signed header, as parsed from the verified header bytes (a tuple: built for every message)."""
 
     version: int
     msg_type: int
@@ -180,4 +179,5 @@ def _parse_header(header_bytes: bytes) -> Header | str:
         return "layout"
     if type(meta) is not dict or not _meta_ok(meta):
         return "meta"
-    return Header(version, msg_type, sender, recipient, federation, rnd, attempt, nonce, ts_ms, sha, spec, meta)
+    return tuple.__new__(Header, (version, msg_type, sender, recipient, federation, rnd, attempt, nonce, ts_ms, sha,
+                                  spec, meta))  # a NamedTuple's own __new__ is a Python function

@@ -29,17 +29,25 @@ class _ExpiringSet:
         exp = self._expiry.get(key)
         return exp is not None and exp > now_s
 
+    def fresh(self, key: Hashable, now_s: float) -> bool:
+        """``(key, now_s) in self`` without building the pair (the verifier asks twice per message)."""
+        exp = self._expiry.get(key)
+        return exp is not None and exp > now_s
+
     def add(self, key: Hashable, now_s: float) -> None:
-        self._expiry[key] = now_s + self.ttl_s
-        self._expiry.move_to_end(key)
+        d = self._expiry
+        if key in d:
+            d.move_to_end(key)
+        d[key] = now_s + self.ttl_s
+        for exp in d.values():  # prune(), inlined for the common case: the oldest entry is still live
+            if exp > now_s and len(d) <= self.max_entries:
+                return
+            break
         self.prune(now_s)
 
     def prune(self, now_s: float) -> None:
         d = self._expiry
-        while d:
-            _, exp = next(iter(d.items()))
-            if exp > now_s:
-                break
+        while d and not next(iter(d.values())) > now_s:  # oldest first: stop at the first live entry
             d.popitem(last=False)
         while len(d) > self.max_entries:
             d.popitem(last=False)
@@ -66,9 +74,11 @@ class ReplayGuard:
 
     def seen(self, sender: bytes, nonce: bytes, key: Hashable, now_s: float) -> str | None:
         """The reject reason ('replay_nonce' or 'duplicate') if already recorded, else None. Records nothing."""
-        if ((sender, nonce), now_s) in self._nonces:
+        exp = self._nonces._expiry.get((sender, nonce))  # _ExpiringSet.fresh, inlined: twice per message
+        if exp is not None and exp > now_s:
             return "replay_nonce"
-        if ((sender, key), now_s) in self._keys:
+        exp = self._keys._expiry.get((sender, key))
+        if exp is not None and exp > now_s:
             return "duplicate"
         return None
 

@@ -7,10 +7,11 @@ callable (for example :class:`fednode.testnet.problems.LeastSquares`), so hundre
 nodes run in seconds. Same seed, same run: every random choice comes from one
 ``numpy.random.Generator`` and event ties break by insertion order.
 
-Fast mode (``signed=False``) gives every machine the
-:data:`~fednode.security.codec.UNSIGNED` envelope codec: the same messages, round machine and
-receive checks (round window, timestamp, replay, duplicate, layout, finiteness, ...), minus the
-Ed25519 signature and the payload's SHA-256, which are most of the cost at 1,000 nodes. Being
+Fast mode (``signed=False``) gives every machine the :data:`~fednode.security.codec.LOCAL`
+envelope codec: the same messages, round machine and receive checks (round window, timestamp,
+replay, duplicate, layout, finiteness, ...), minus the Ed25519 signature and the payload's
+SHA-256, and the envelope is handed over as its parsed header and payload views rather than
+bytes (no packing, framing or parsing per message): those were most of the cost at 1,000 nodes. Being
 deterministic, a seeded run gives the same models in both modes (tests/test_simulator_fast.py).
 Plaintext rounds only: secure aggregation needs signed HELLOs. ``on_round_end`` receives every
 commit/abort model instead of (or besides) ``keep_models``, so a large run need not keep all of
@@ -19,6 +20,7 @@ them (1,000 nodes x 100 rounds x 80 KB is 8 GB).
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import heapq
 import itertools
@@ -34,7 +36,7 @@ from fednode.gossip.events import (Abort, AdoptModel, Broadcast, Commit, Finishe
 from fednode.gossip.overlay import Overlay, RandomRegularOverlay
 from fednode.gossip.round import GossipNode
 from fednode.security.arrays import Model, ModelSpec
-from fednode.security.codec import SIGNED, UNSIGNED
+from fednode.security.codec import LOCAL, SIGNED
 from fednode.security.identity import AllowList, Identity
 
 LocalStep = Callable[[int, Model], Model]
@@ -128,7 +130,8 @@ class Simulator:
         self.rng = np.random.default_rng(seed)
         self.config = config
         self.conditions = conditions
-        self.local_step = local_step or (lambda i, m: {k: np.array(v, copy=True) for k, v in m.items()})
+        # default: no training, x^{r+1/2} = x^r as given (the machine copies whatever a step returns)
+        self.local_step = local_step or (lambda i, m: m)
         self.train_time = train_time
         self.train_jitter = train_jitter
         self.now = start_time
@@ -136,7 +139,8 @@ class Simulator:
         self.keep_models = keep_models
         self.signed = signed
         self.on_round_end = on_round_end
-        self._queue: list[tuple[float, int, int, object]] = []
+        self._queue: list[tuple[float, int, int, object]] = []   # messages in flight
+        self._other: list[tuple[float, int, int, object]] = []   # timers, steps, joins, crashes
         self._seq = itertools.count()
         identities = [identity_from_seed(seed.to_bytes(8, "big") + i.to_bytes(4, "big")) for i in range(n)]
         self.allow_list = AllowList()
@@ -162,7 +166,7 @@ class Simulator:
             nonce_rng = np.random.default_rng(node_rng.integers(2**63))
             machine = GossipNode(ident, self.allow_list, self.spec, models[i], config, overlay=overlay,
                                  members=members, nonce_source=_NonceStream(nonce_rng),
-                                 joining=i in late, codec=SIGNED if signed else UNSIGNED)
+                                 joining=i in late, codec=SIGNED if signed else LOCAL)
             self.nodes.append(NodeRecord(i, ident.peer_id, machine))
         for i in initial:
             self._schedule(start_time, i, "start")
@@ -180,32 +184,61 @@ class Simulator:
     # ------------------------------------------------------------------ scheduling
 
     def _schedule(self, at: float, node: int, item: object) -> None:
-        heapq.heappush(self._queue, (at, next(self._seq), node, item))
+        heapq.heappush(self._other, (at, next(self._seq), node, item))
+
+    def _pop(self) -> tuple[float, int, int, object] | None:
+        """The next event in (time, sequence) order over both queues, None when both are empty.
+
+        Two heaps, one order: the superseded timers (three per node and round, nearly all of them
+        still queued when a run ends) stay out of the messages' heap, which every message goes through.
+        """
+        q, o = self._queue, self._other
+        if o and (not q or o[0] < q[0]):
+            return heapq.heappop(o)
+        return heapq.heappop(q) if q else None
 
     def _deliver(self, sender: int, target: int, data: bytes) -> None:
         c = self.conditions
         self.messages_sent += 1
-        copies = 2 if c.duplicate and self.rng.random() < c.duplicate else 1
+        rand = self.rng.random
+        copies = 2 if c.duplicate and rand() < c.duplicate else 1
         for _ in range(copies):
-            if c.loss and self.rng.random() < c.loss:
+            if c.loss and rand() < c.loss:
                 self.messages_dropped += 1
                 continue
-            delay = c.delay + (self.rng.random() * c.jitter if c.jitter else 0.0)
-            if c.reorder and self.rng.random() < c.reorder:
-                delay += self.rng.random() * c.reorder_delay
-            self._schedule(self.now + delay, target, ("msg", data))
+            delay = c.delay + (rand() * c.jitter if c.jitter else 0.0)
+            if c.reorder and rand() < c.reorder:
+                delay += rand() * c.reorder_delay
+            heapq.heappush(self._queue, (self.now + delay, next(self._seq), target, ("msg", data)))  # _schedule
 
     # ------------------------------------------------------------------ running
 
     def run(self, *, until: float | None = None, max_events: int = 50_000_000) -> None:
-        """Process events until every live node finished, the queue is empty, or ``until`` (relative s)."""
+        """Process events until every live node finished, the queue is empty, or ``until`` (relative s).
+
+        The cyclic garbage collector is off meanwhile: a run allocates millions of short-lived objects
+        (headers, messages, actions) next to millions of long-lived ones (models, replay caches), and
+        the collector's passes over the latter were a third of a 1,000-node run. Nothing the machines
+        allocate per event forms a cycle (a run leaves nothing for ``gc.collect()``): refcounting
+        frees it all.
+        """
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            self._run(until, max_events)
+        finally:
+            if enabled:
+                gc.enable()
+
+    def _run(self, until: float | None, max_events: int) -> None:
         limit = None if until is None else self.start_time + until
         for _ in range(max_events):
-            if not self._queue or self._all_done():
+            if (not self._queue and not self._other) or self._all_done():
                 return
-            at, _, idx, item = heapq.heappop(self._queue)
+            at, _, idx, item = self._pop()  # type: ignore[misc]
             if limit is not None and at > limit:
-                heapq.heappush(self._queue, (at, next(self._seq), idx, item))
+                heapq.heappush(self._queue if type(item) is tuple and item[0] == "msg" else self._other,
+                               (at, next(self._seq), idx, item))
                 return
             self.now = at
             self._step(idx, item)
@@ -217,7 +250,27 @@ class Simulator:
 
     def _step(self, idx: int, item: object) -> None:
         rec = self.nodes[idx]
-        if item == "start":
+        if type(item) is tuple:  # nearly every event: a message
+            if not rec.alive:
+                return
+            kind, payload = item
+            if kind == "msg":
+                event = MessageReceived(payload, self.now)
+            elif kind == "joined":
+                event = PeerJoined(payload, self.now)
+            elif kind == "left":
+                event = PeerLeft(payload, self.now)
+            elif kind == "timer":
+                if rec.timer_deadline is None or payload != rec.timer_deadline:
+                    return  # superseded
+                event = TimerFired(self.now)
+            elif kind == "step":
+                rnd, model = payload
+                event = LocalStepDone(rnd, model, self.now)
+            else:  # pragma: no cover
+                raise ValueError(kind)
+            self._apply(rec, rec.machine.handle(event))
+        elif item == "start":
             if rec.started_at is None and idx not in self.crash_at:
                 self._unstarted -= 1
             if not rec.alive and not rec.finished:
@@ -230,37 +283,14 @@ class Simulator:
                 if other.index != idx and other.alive and rec.peer_id not in other.machine.members:
                     self._schedule(self.now + self.conditions.membership_delay, other.index, ("joined", rec.peer_id))
             self._apply(rec, rec.machine.start(self.now))
-            return
-        if item == "crash":
-            if rec.alive:
-                rec.alive = False
-                rec.crashed_at = self.now
-                if not rec.finished:
-                    self._alive_unfinished -= 1
-                for other in self.nodes:
-                    if other.index != idx and other.alive:
-                        self._schedule(self.now + self.conditions.membership_delay, other.index,
-                                       ("left", rec.peer_id))
-            return
-        if not rec.alive:
-            return
-        kind, payload = item  # type: ignore[misc]
-        if kind == "msg":
-            event = MessageReceived(payload, self.now)
-        elif kind == "joined":
-            event = PeerJoined(payload, self.now)
-        elif kind == "left":
-            event = PeerLeft(payload, self.now)
-        elif kind == "timer":
-            if rec.timer_deadline is None or payload != rec.timer_deadline:
-                return  # superseded
-            event = TimerFired(self.now)
-        elif kind == "step":
-            rnd, model = payload
-            event = LocalStepDone(rnd, model, self.now)
-        else:  # pragma: no cover
-            raise ValueError(kind)
-        self._apply(rec, rec.machine.handle(event))
+        elif item == "crash" and rec.alive:
+            rec.alive = False
+            rec.crashed_at = self.now
+            if not rec.finished:
+                self._alive_unfinished -= 1
+            for other in self.nodes:
+                if other.index != idx and other.alive:
+                    self._schedule(self.now + self.conditions.membership_delay, other.index, ("left", rec.peer_id))
 
     def _apply(self, rec: NodeRecord, actions: list) -> None:
         for action in actions:

@@ -39,8 +39,8 @@ class CollectStage:
         cfg = ctx.config
         assert ex.deadline is not None
         excluded_us = {p for p, u in rnd.commit.commits.items() if ctx.me not in u}
-        refused = ctx.inbox.refused.get(rnd.number, set())
-        missing = set(ex.edges) - set(ex.contributions) - rnd.gone - excluded_us - refused
+        refused = ctx.inbox.refused.get(rnd.number, ())
+        missing = set(ex.edges).difference(ex.contributions, rnd.gone, excluded_us, refused)
         if missing and now < ex.deadline:
             return None
         if missing and ex.attempt < cfg.max_retries:

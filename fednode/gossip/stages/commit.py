@@ -37,11 +37,11 @@ class CommitStage:
         """COMMIT(U_i) to ``peer``; ``w`` lists the peers whose COMMIT we still await (they re-send theirs)."""
         st = rnd.commit
         assert st.used is not None
-        attempt = st.sends[peer]
+        attempt = st.sends.get(peer, 0)
         if attempt > self.ctx.config.max_retries + 4:
             return
-        st.sends[peer] += 1
-        waiting = sorted(st.used - set(st.commits) - rnd.gone) if rnd is self.ctx.current else []
+        st.sends[peer] = attempt + 1
+        waiting = sorted(st.used.difference(st.commits, rnd.gone)) if rnd is self.ctx.current else []
         self.ctx.outbox.post(out, MsgType.COMMIT, peer, rnd.number, now, "commit", attempt=attempt,
                              meta={"u": sorted(st.used), "d": rnd.degree, "w": waiting})
 
@@ -75,7 +75,7 @@ class CommitStage:
         assert st.used is not None and st.deadline is not None and rnd.half is not None
         if not st.used:
             return RoundEnd(rnd.half, {}, st.abort or "too_few_contributions")
-        waiting = st.used - set(st.commits) - rnd.gone
+        waiting = st.used.difference(st.commits, rnd.gone)
         if waiting and now < st.deadline:
             if now >= st.nudge_at:
                 # our COMMIT or theirs may be lost: re-send ours, asking for theirs

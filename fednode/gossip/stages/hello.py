@@ -66,9 +66,10 @@ class HelloStage:
     def advance(self, rnd: RoundState, now: float, out: list[Action]) -> dict[bytes, float] | None:
         """None while the local step or HELLOs are outstanding; then the edges E_i -> W_ij (maybe empty)."""
         hello, cfg = rnd.hello, self.ctx.config
-        waiting = rnd.proposed - set(hello.received) - set(hello.implied) - rnd.gone
-        banned = self.ctx.inbox.offenders
-        waiting = {p for p in waiting if not banned.is_banned(p, now)}  # its HELLO would be refused anyway
+        waiting = rnd.proposed.difference(hello.received, hello.implied, rnd.gone)
+        if waiting:  # a banned neighbour's HELLO would be refused anyway: not waited for
+            banned = self.ctx.inbox.offenders
+            waiting = {p for p in waiting if not banned.is_banned(p, now)}
         if waiting and not hello.resent and now >= rnd.started + cfg.t_hello / 2:
             hello.resent = True  # one re-broadcast against loss
             self.send(rnd, now, out, attempt=1, only=waiting)
