@@ -140,9 +140,10 @@ class Forger:
         """The round for mallory's attributable kinds aimed at ``node``: two past the highest round
         ``node`` was seen sending in. A node at round ``cur`` checks the content of rounds cur - 1 ..
         cur + 2, and its round only grows, so the message is checked if ``node`` advanced by 0 to 3
-        rounds between the tap's capture and the delivery (the federation runs several rounds a
-        second; aiming at the federation's highest round instead sent 8 of 227 at a lagging node
-        outside its window, counted as stale)."""
+        rounds between the tap's capture and the delivery. This narrows the race, it does not remove
+        it: the federation runs several rounds a second and the tap lags under the flood, so a few
+        of these still arrive outside the window and count as stale. Matching is therefore by signer
+        (:data:`MALLORY_SIGNED`)."""
         return self.node_round.get(node, self.round) + 2
 
     def _model(self, fill: float | None = None) -> dict[str, np.ndarray]:
