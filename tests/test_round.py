@@ -250,3 +250,98 @@ def test_unknown_peer_membership_is_ignored():
     assert b"\x01" * 32 not in a.members
     a.handle(PeerLeft(b"\x01" * 32, T0))
     a.handle(TimerFired(T0 + 100))
+
+
+def _drive(machines, rewrite, rounds_until: float, t0: float = T0) -> dict:
+    """Run ``machines`` on a virtual clock with instant delivery (``rewrite`` maps a sender's bytes);
+    time jumps to the next deadline when nothing is in flight. Returns me -> list of round ends."""
+    inbox = {m.me: [] for m in machines}
+    ends: dict[bytes, list] = {m.me: [] for m in machines}
+    proposed: dict[bytes, list] = {m.me: [] for m in machines}
+    now = t0
+
+    def route(m, actions):
+        for act in actions:
+            if isinstance(act, StartLocalStep):
+                inbox[m.me].append(("step", act.round, act.model))
+            elif isinstance(act, Send):
+                inbox[act.peer].append(rewrite(m, act.data))
+            elif isinstance(act, (Commit, Abort)):
+                ends[m.me].append(act)
+        if m.ctx.current is not None and (not proposed[m.me] or proposed[m.me][-1][0] != m.ctx.current.number):
+            proposed[m.me].append((m.ctx.current.number, m.ctx.current.proposed))
+
+    for m in machines:
+        route(m, m.start(now))
+    for _ in range(200_000):
+        if now > rounds_until:
+            break
+        busy = False
+        for m in machines:
+            items, inbox[m.me] = inbox[m.me], []
+            for item in items:
+                busy = True
+                route(m, m.handle(LocalStepDone(item[1], item[2], now) if isinstance(item, tuple)
+                                  else MessageReceived(item, now)))
+        if not busy:
+            deadlines = [d for d in (m.next_deadline() for m in machines) if d is not None]
+            if not deadlines:
+                break
+            now = max(now, min(deadlines)) + 1e-3
+            for m in machines:
+                route(m, m.handle(TimerFired(now)))
+    return {"ends": ends, "proposed": proposed}
+
+
+def test_a_proven_liar_leaves_the_overlay_and_the_honest_nodes_keep_their_degree():
+    """Node 5 signs NaN contributions. Each honest node that receives one takes node 5 out of its
+    overlay view for ``exclude_rounds``; once all have, the re-drawn overlay gives the honest nodes
+    honest neighbours only and nobody proposes node 5 any more. Without exclusion, node 5 keeps being
+    proposed (and its edges wasted) in every round."""
+    from fednode.node.byzantine import ByzantineInterceptor
+
+    def run(exclude_rounds: int):
+        cfg = RoundConfig(federation="t", max_rounds=12, degree=2, t_hello=1.0, t_agg=1.0, t_commit=1.0,
+                          exclude_rounds=exclude_rounds)
+        ids, allow, spec, machines = _nodes(6, cfg)
+        liar = ByzantineInterceptor("nan", ids[5], allow, spec)
+        res = _drive(machines, lambda m, data: liar.rewrite(data) if m is machines[5] else data, T0 + 120)
+        return machines, res
+
+    def late_proposals_and_edges(machines, res):
+        bad = machines[5].me
+        late = sum(1 for m in machines[:5] for r, p in res["proposed"][m.me] if r >= 7 and bad in p)
+        edges = sum(len(e.used) for m in machines[:5] for e in res["ends"][m.me] if isinstance(e, Commit))
+        return late, edges
+
+    machines, res = run(exclude_rounds=20)
+    bad = machines[5].me
+    for m in machines[:5]:
+        assert all(bad not in e.used for e in res["ends"][m.me] if isinstance(e, Commit))
+        assert len(res["ends"][m.me]) == 12
+        # the first NaN (signed for round R, arriving in R or late in R + 1) excludes the liar after R + 1
+        if bad in m.ctx.inbox.exclusions.until:
+            first = m.ctx.inbox.exclusions.until[bad] - 20
+            assert m.stats.exclusions[bad] == 1
+            assert not [r for r, p in res["proposed"][m.me] if r > first + 1 and bad in p]
+        else:
+            assert not m.stats.rejects["non_finite"]
+    late, edges = late_proposals_and_edges(machines, res)
+    assert late == 0
+
+    machines0, res0 = run(exclude_rounds=0)  # the teeth: without exclusion the liar stays in the overlay
+    late0, edges0 = late_proposals_and_edges(machines0, res0)
+    assert late0 >= 10 and not any(m.stats.exclusions for m in machines0[:5])
+    assert edges > edges0  # the honest nodes averaged over more (honest) edges
+
+
+def test_an_exclusion_expires_after_exclude_rounds():
+    cfg = RoundConfig(federation="t", exclude_rounds=3)
+    ids, allow, spec, (a, b) = _nodes(2, cfg)
+    a.start(T0)
+    nan = seal(ids[1], msg_type=MsgType.CONTRIBUTE, recipient=a.me, federation="t", round=0,
+               arrays={"w": np.array([np.nan, 0, 0])}, spec=spec, meta={"d": 1}, now_ms=int(T0 * 1000))
+    a.handle(MessageReceived(nan, T0 + 0.01))
+    ex = a.ctx.inbox.exclusions
+    assert ex.view({b.me}, 3) == set() and a.stats.exclusions[b.me] == 1
+    assert ex.view({b.me}, 4) == {b.me} and not ex.until

@@ -55,6 +55,14 @@ class RoundConfig:
     """Reject a contribution farther than this (L2) from our own x^{r+1/2} (None: off)."""
     max_abs: float | None = 2.0 ** 20
     """Per-coordinate divergence guard for received float payloads (B_max)."""
+    exclude_rounds: int = 20
+    """A peer proven faulty (a signed message of its own with bad content: non-finite, out of bounds,
+    wrong layout) stays out of this node's overlay view for this many rounds (0: never); see
+    :mod:`fednode.gossip.exclusion`."""
+    filter_exclude_after: int = 3
+    filter_window: int = 10
+    """With the validation filter: a neighbour dropped in ``filter_exclude_after`` of the last
+    ``filter_window`` rounds is excluded for ``exclude_rounds`` too (0: the filter never excludes)."""
     # --- secure aggregation
     secure_aggregation: str = "off"
     """"off" (plaintext gossip), "retry" (mode A: masked sums, re-masked over the survivors after a
@@ -81,8 +89,9 @@ class RoundConfig:
         for name in ("t_hello", "t_agg", "t_commit", "t_sync"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0")
-        if self.max_retries < 0 or self.min_contributors < 1 or self.degree < 1:
-            raise ValueError("max_retries >= 0, min_contributors >= 1 and degree >= 1 are required")
+        if self.max_retries < 0 or self.min_contributors < 1 or self.degree < 1 or min(self.exclude_rounds, self.filter_exclude_after) < 0 or self.filter_window < 1:
+            raise ValueError("max_retries >= 0, min_contributors >= 1, degree >= 1, exclude_rounds >= 0, "
+                             "filter_exclude_after >= 0 and filter_window >= 1 are required")
         if self.update_clip is not None and not self.update_clip > 0:
             raise ValueError("update_clip must be > 0")
         if self.secure_aggregation not in SECURE_AGGREGATION_MODES:

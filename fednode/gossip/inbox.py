@@ -9,6 +9,7 @@ from __future__ import annotations
 from fednode.gossip import secagg
 from fednode.gossip.config import RoundConfig
 from fednode.gossip.events import Action, Rejected
+from fednode.gossip.exclusion import Exclusions
 from fednode.gossip.state import NodeStats
 from fednode.security.arrays import ModelSpec
 from fednode.security.codec import SIGNED, EnvelopeCodec
@@ -34,6 +35,8 @@ class Inbox:
         """Round -> peers whose signed contribution for it had bad content (non-finite, out of bounds,
         wrong layout): proof the peer is at fault, so the exchange stops waiting for and RETRYing it
         (PROTOCOL §4). Without this, every round with a wire-rejected attacker ran to its timeouts."""
+        self.exclusions = Exclusions(config, stats)
+        """Who stays out of the overlay view: the same proof as ``refused``, kept for longer."""
         self._contexts: dict[tuple[int, bool], VerifyContext] = {}
 
     def open(self, data: bytes, now: float, *, current_round: int, syncing: bool) -> Message | Reject:
@@ -88,6 +91,9 @@ class Inbox:
         if rej.sender is not None:
             self.stats.rejects_by_peer[rej.sender] += 1
         out.append(Rejected(rej.reason, rej.sender, rej.detail))
+        if rej.blames_sender and rej.round is not None:
+            assert rej.sender is not None
+            self.exclusions.proven(rej.sender, rej.round)
         if rej.blames_sender and rej.msg_type == MsgType.CONTRIBUTE and rej.round is not None:
             assert rej.sender is not None
             self.refused.setdefault(rej.round, set()).add(rej.sender)

@@ -184,7 +184,7 @@ class GossipNode:
             return
         self._prev = self.ctx.current
         self.round_number = number
-        proposed = self.overlay.neighbours(self.me, self.ctx.members, number)
+        proposed = self.overlay.neighbours(self.me, self.ctx.inbox.exclusions.view(self.ctx.members, number), number)
         rnd = RoundState(number=number, started=now, base=self.model, proposed=frozenset(proposed),
                          step_round=number if step_round is None else step_round,
                          hello=HelloState(deadline=now + self.config.t_hello))

@@ -50,6 +50,10 @@ class NodeStats:
     an operator who sends the bad traffic; the flood benchmark matches a compromised key's messages
     by it, since a stale or a banned one is not told apart by reason alone."""
     aborts: Counter = field(default_factory=Counter)
+    exclusions: Counter = field(default_factory=Counter)
+    """Peer -> times it was taken out of this node's overlay view (:mod:`fednode.gossip.exclusion`)."""
+    exclusion_reasons: Counter = field(default_factory=Counter)
+    """"proven" (signed bad content) or "filtered" (the validation filter kept dropping it) -> count."""
     masked_contributions: int = 0
     """Secure aggregation: masked contributions this node sent (as contributor)."""
     setups_refused: Counter = field(default_factory=Counter)

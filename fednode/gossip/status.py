@@ -12,7 +12,8 @@ Fields (all optional for forward compatibility, types as listed):
     idle | done), round (int), rounds_completed (int), accuracy (float), loss (float),
     neighbours (list[str] short ids), bytes_in / bytes_out (int), messages_in / messages_out (int),
     rejects (map str -> int), rejects_by_peer (map str 64 hex -> int, signed rejects by signer),
-    aborts (map str -> int), timings (map str -> float, last round),
+    aborts (map str -> int), exclusions (map str 64 hex -> int, times a peer was taken out of the
+    overlay view for a proven fault), timings (map str -> float, last round),
     restarts (int), task (str), secure_aggregation (str), epsilon (float | None), time (float, unix s).
 """
 

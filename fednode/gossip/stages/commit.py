@@ -97,8 +97,14 @@ class CommitStage:
         if not final:
             return RoundEnd(rnd.half, {}, "no_mutual_use", drift)
         weights = {p: edges[p] for p in sorted(final)}
+        scorer = ctx.contribution_filter
+        if scorer is not None:
+            def scorer(own, neighbours, w, _score=scorer):  # noqa: E306 - the filter's drops feed exclusion
+                kept = _score(own, neighbours, w)
+                ctx.inbox.exclusions.dropped(sorted(set(w).difference(kept)), rnd.number)
+                return kept
         model = mix_neighbours(ctx.config, rnd.half, {p: rnd.exchange.contributions[p] for p in weights}, weights,
-                               ctx.contribution_filter)
+                               scorer)
         return RoundEnd(model, weights, None, drift)
 
     def deadline(self, rnd: RoundState) -> float | None:
