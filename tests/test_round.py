@@ -345,3 +345,37 @@ def test_an_exclusion_expires_after_exclude_rounds():
     ex = a.ctx.inbox.exclusions
     assert ex.view({b.me}, 3) == set() and a.stats.exclusions[b.me] == 1
     assert ex.view({b.me}, 4) == {b.me} and not ex.until
+
+
+def test_a_hello_from_a_peer_we_do_not_propose_is_answered_so_it_does_not_wait():
+    """b has excluded a, so b's view (and its HELLO) leaves a out while a still proposes b. b answers
+    a's HELLO with its own, which does not list a: a ends its HELLO wait on messages alone (no timer
+    fires in this loop) and averages with c only. Without the answer a waits t_hello for b."""
+    cfg = RoundConfig(federation="t", max_rounds=1, t_hello=5.0)
+    ids, _, _, machines = _nodes(3, cfg)
+    a, b, c = machines
+    b.ctx.inbox.exclusions.until[a.me] = 100
+    inbox = {m.me: [] for m in machines}
+    ends = {}
+
+    def route(m, actions):
+        for act in actions:
+            if isinstance(act, StartLocalStep):
+                inbox[m.me].append(("step", act.round, act.model))
+            elif isinstance(act, Send):
+                inbox[act.peer].append(act.data)
+            elif isinstance(act, (Commit, Abort)):
+                ends[m.me] = act
+
+    for m in machines:
+        route(m, m.start(T0))
+    assert a.me not in b.ctx.current.proposed and b.me in a.ctx.current.proposed
+    for _ in range(30):
+        for m in machines:
+            items, inbox[m.me] = inbox[m.me], []
+            for item in items:
+                route(m, m.handle(LocalStepDone(item[1], item[2], T0 + 0.1) if isinstance(item, tuple)
+                                  else MessageReceived(item, T0 + 0.1)))
+    assert isinstance(ends.get(a.me), Commit) and ends[a.me].used == (c.me,)
+    assert isinstance(ends.get(b.me), Commit) and ends[b.me].used == (c.me,)
+    assert not any(a.stats.rejects.values()) and not any(b.stats.rejects.values())

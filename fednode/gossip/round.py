@@ -339,7 +339,7 @@ class GossipNode:
 
     def _on_current(self, rnd: RoundState, msg: Message, now: float, out: list[Action]) -> None:
         if msg.msg_type == _HELLO:
-            degree = self.hello.on_hello(rnd, msg, out)
+            degree = self.hello.on_hello(rnd, msg, now, out)
             if degree is not None and self.stages.late_edge is not None:
                 self.stages.late_edge(rnd, msg.sender, degree, now, out)
             return
