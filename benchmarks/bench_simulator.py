@@ -80,15 +80,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
+import msgpack
 import numpy as np
 from scipy.sparse import csr_matrix
 from scipy.sparse.linalg import LinearOperator, eigsh
 
 from fednode.gossip.config import RoundConfig
 from fednode.gossip.overlay import RandomRegularOverlay
+from fednode.testnet.parallel import run_parallel
 from fednode.testnet.simulator import Simulator
 
 REFERENCE_NODES = 100
@@ -120,18 +123,19 @@ def spectral_factor_sparse(ids: list[bytes], overlay: RandomRegularOverlay, roun
 
 
 class _Disagreement:
-    """||X_r - J X_r||_F of every round, accumulated as the n nodes report it (Welford's update).
+    """||X_r - J X_r||_F of every round, accumulated as the nodes report it (Welford's update).
 
     No (n, dim) matrix: writing 80 MB per round of a 1,000-node run and reading it twice for the
     norm evicted the simulated nodes' state from the cache and cost more than the rest of the
-    round's bookkeeping; the running mean and sum of squares stay in cache.
+    round's bookkeeping; the running mean and sum of squares stay in cache. In a parallel run every
+    worker accumulates its own nodes and the parent merges the workers' (count, mean, M2) with Chan
+    et al.'s pairwise rule (a :class:`~fednode.testnet.parallel.PartialHook`).
     """
 
-    def __init__(self, n: int, dim: int) -> None:
-        self.n, self.dim = n, dim
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
         self._open: dict[int, list] = {}   # round -> [count, mean, M2]
         self._delta, self._tmp = np.empty(dim), np.empty(dim)
-        self.by_round: dict[int, float] = {}
 
     def __call__(self, round: int, index: int, label: str, model: dict) -> None:
         x = np.asarray(model["w"], dtype=np.float64)
@@ -143,29 +147,53 @@ class _Disagreement:
         acc[1] += np.divide(delta, acc[0], out=tmp)             # mean += delta / k
         np.subtract(x, acc[1], out=tmp)
         acc[2] += np.multiply(delta, tmp, out=tmp)                # M2 += delta * (x - mean)
-        if acc[0] == self.n:
-            self.by_round[round] = float(np.sqrt(acc[2].sum()))
-            del self._open[round]
+
+    def export_partial(self) -> bytes:
+        return msgpack.packb([[r, k, m.tobytes(), m2.tobytes()] for r, (k, m, m2) in self._open.items()])
+
+    def merge_partial(self, blob: bytes) -> None:
+        for r, kb, mb, m2b in msgpack.unpackb(blob):
+            mean_b, m2_b = np.frombuffer(mb), np.frombuffer(m2b)
+            acc = self._open.get(r)
+            if acc is None:
+                self._open[r] = [kb, mean_b.copy(), m2_b.copy()]
+                continue
+            ka, mean_a, m2_a = acc
+            k = ka + kb
+            delta = mean_b - mean_a
+            acc[0], acc[1] = k, mean_a + delta * (kb / k)
+            acc[2] = m2_a + m2_b + delta * delta * (ka * kb / k)
+
+    def by_round(self, n: int) -> dict[int, float]:
+        """The disagreement of every round all n nodes reported."""
+        return {r: float(np.sqrt(m2.sum())) for r, (k, _, m2) in self._open.items() if k == n}
 
 
-def run(n: int, degree: int, rounds: int, dim: int, seed: int, signed: bool) -> dict:
+def run(n: int, degree: int, rounds: int, dim: int, seed: int, signed: bool, workers: int = 1) -> dict:
     cfg = RoundConfig(federation="bench", degree=degree, max_rounds=rounds)
     X0 = np.random.default_rng(seed).normal(size=(n, dim))
-    tracker = _Disagreement(n, dim)
+    tracker = _Disagreement(dim)
     t0 = time.perf_counter()
     sim = Simulator(n, config=cfg, initial_models=[{"w": X0[i]} for i in range(n)], seed=seed, train_time=0.01,
                     keep_models=False, signed=signed, on_round_end=tracker)
     setup = time.perf_counter() - t0
-    t1, c1 = time.perf_counter(), time.process_time()
-    sim.run()
-    wall, cpu = time.perf_counter() - t1, time.process_time() - c1
+    t1, c1, children = time.perf_counter(), time.process_time(), os.times()
+    if workers > 1:
+        run_parallel(sim, workers)
+    else:
+        sim.run()
+    after = os.times()
+    wall = time.perf_counter() - t1
+    cpu = time.process_time() - c1 + (after.children_user + after.children_system
+                                      - children.children_user - children.children_system)
+    disagreement = tracker.by_round(n)
     t2 = time.perf_counter()
     overlay = RandomRegularOverlay("bench", degree)
     prev = d0 = float(np.linalg.norm(X0 - X0.mean(0)))
     rows = []
     for r in range(rounds):
         lam_r = spectral_factor_sparse(sim.peer_ids, overlay, r)
-        d = tracker.by_round[r]
+        d = disagreement[r]
         # exact consensus (every model bit-identical) gives 0: no contraction to rate after it
         rows.append({"round": r, "lambda": lam_r, "contraction": d / prev if prev > 0 else float("nan"),
                      "above_noise_floor": prev > 1e-10 * d0})
@@ -175,10 +203,11 @@ def run(n: int, degree: int, rounds: int, dim: int, seed: int, signed: bool) -> 
     rated = [x for x in rows if x["above_noise_floor"]]
     contr = np.array([x["contraction"] for x in rated])
     lams = np.array([x["lambda"] for x in rated])
+    stats = sim.parallel_stats
     finals = sim.final_vectors()
     final = np.stack([finals[i] for i in range(n)])
     return {
-        "nodes": n, "degree": degree, "rounds": rounds, "dim": dim, "signed": signed,
+        "nodes": n, "degree": degree, "rounds": rounds, "dim": dim, "signed": signed, "workers": workers,
         "wall_time_s": round(wall, 2), "cpu_time_s": round(cpu, 2), "setup_s": round(setup, 2),
         "spectral_s": round(spectral_s, 2),
         "ms_per_node_round": round(1000 * wall / (n * rounds), 3),
@@ -191,16 +220,24 @@ def run(n: int, degree: int, rounds: int, dim: int, seed: int, signed: bool) -> 
         "final_disagreement": float(np.linalg.norm(final - final.mean(0))),
         "mean_drift_max_abs": float(np.abs(final.mean(0) - X0.mean(0)).max()),
         "rows": rows,
+        "parallel": None if stats is None else {
+            "windows": stats.windows, "events": stats.events,
+            "busy_s": [round(x, 2) for x in stats.busy_s], "exchange_s": [round(x, 2) for x in stats.exchange_s]},
     }
 
 
 def report(res: dict) -> None:
     mode = "signed (Ed25519)" if res["signed"] else "fast mode (unsigned envelopes)"
+    procs = "1 process" if res["workers"] == 1 else f"{res['workers']} worker processes"
     print(f"{res['nodes']} nodes, degree {res['degree']}, {res['rounds']} rounds, {res['dim']} parameters "
-          f"(float64), {mode}")
-    print(f"simulation {res['wall_time_s']:.1f} s wall ({res['cpu_time_s']:.1f} s CPU, "
+          f"(float64), {mode}, {procs}")
+    print(f"simulation {res['wall_time_s']:.1f} s wall ({res['cpu_time_s']:.1f} s CPU in all processes, "
           f"{res['ms_per_node_round']:.3f} ms per node-round) + {res['setup_s']:.1f} s setup "
           f"+ {res['spectral_s']:.1f} s spectral; {res['messages']} messages")
+    par = res["parallel"]
+    if par:
+        print(f"workers: {par['windows']} time windows; events per worker {par['events']}; busy "
+              f"{par['busy_s']} s, at the window barriers {par['exchange_s']} s")
     rows = res["rows"]
     print(f"{'round':>5} {'lambda_r':>9} {'measured':>9}")
     for x in rows[:5] + [None] + rows[-3:]:
@@ -240,16 +277,22 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=10_000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--signed", action="store_true", help="real Ed25519 envelopes (default: fast mode)")
+    ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                    help="processes the nodes are split over (fednode/testnet/parallel.py); 1: the serial "
+                         "simulator (default: 2, or 1 on a one-core machine)")
     ap.add_argument("--reference-nodes", type=int, default=REFERENCE_NODES,
                     help="also run this many nodes for the ratios when --nodes differs (0: skip)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    if args.nodes < 2 or args.rounds < 1 or args.dim < 1 or args.degree < 1:
-        sys.exit("bench_simulator: error: need --nodes >= 2, --rounds >= 1, --dim >= 1, --degree >= 1")
+    if args.nodes < 2 or args.rounds < 1 or args.dim < 1 or args.degree < 1 or args.workers < 1:
+        sys.exit("bench_simulator: error: need --nodes >= 2, --rounds >= 1, --dim >= 1, --degree >= 1, --workers >= 1")
+    if args.workers > args.nodes:
+        sys.exit(f"bench_simulator: error: --workers {args.workers} is more than --nodes {args.nodes}")
     t0 = time.perf_counter()
-    results = [run(args.nodes, args.degree, args.rounds, args.dim, args.seed, args.signed)]
+    results = [run(args.nodes, args.degree, args.rounds, args.dim, args.seed, args.signed, args.workers)]
     if args.reference_nodes and args.reference_nodes != args.nodes:
-        results.append(run(args.reference_nodes, args.degree, args.rounds, args.dim, args.seed, args.signed))
+        results.append(run(args.reference_nodes, args.degree, args.rounds, args.dim, args.seed, args.signed,
+                           min(args.workers, args.reference_nodes)))
     total = time.perf_counter() - t0
     if args.json:
         out = {"runs": [{k: v for k, v in r.items() if k != "rows"} for r in results], "total_wall_s": round(total, 2)}

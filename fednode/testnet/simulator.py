@@ -155,7 +155,7 @@ class Simulator:
         if len(models) != n:
             raise ValueError("need one initial model per node")
         self.spec = ModelSpec.of(models[0])
-        late = dict(late_joiners or {})
+        late = self.late_at = dict(late_joiners or {})
         self.crash_at = dict(crashes or {})
         initial = [i for i in range(n) if i not in late]
         node_rng = np.random.default_rng(seed + 1)
@@ -180,6 +180,7 @@ class Simulator:
         self.messages_dropped = 0
         self._unstarted = len([i for i in range(n) if i not in self.crash_at])  # counters behind _all_done
         self._alive_unfinished = 0
+        self.parallel_stats = None  # set by fednode.testnet.parallel.run_parallel
 
     # ------------------------------------------------------------------ scheduling
 

@@ -1,0 +1,380 @@
+"""Parallel runs of the simulator: the nodes split over worker processes, one core each.
+
+A :class:`~fednode.testnet.simulator.Simulator` is built as usual, then ``run_parallel(sim, workers)``
+forks ``workers - 1`` copies of it; worker w owns the nodes ``i % workers == w`` and runs only
+their events. Every machine, message and receive check is the serial simulator's own; what a node
+sends to a node of another worker crosses as the envelope's header bytes and raw payload (parsed
+and decoded again by the receiving worker, as a receiver of :data:`~fednode.security.codec.UNSIGNED`
+bytes would), through one file per (window, worker pair) in ``/dev/shm``.
+
+Conservative time windows (classic parallel discrete-event simulation): no message arrives sooner
+than ``NetworkConditions.delay`` after it was sent (the lookahead L), so when every worker has
+processed its events before T + L, with T the earliest pending event anywhere, no message still to
+come can land in that window. Each worker then sends what it produced for the others, everyone
+learns the new T, and the next window starts. A window is one pipe round trip between workers.
+
+Same seed and worker count, same run. It is not the serial run's event order (the delay draws come
+from one generator per worker), so with loss or timeouts the models differ from a serial run; on a
+lossless network whose timeouts never fire every round uses every edge, and the models are the
+serial run's bit for bit (tests/test_simulator_parallel.py). Late joiners and crashes are refused:
+their liveliness news would cross workers with a lookahead of their own, and the runs that need
+speed (benchmarks/bench_simulator.py) have neither.
+
+``on_round_end`` runs in the worker that owns the node. A hook that must see every node implements
+:class:`PartialHook`: each child worker's ``export_partial()`` bytes reach the parent's
+``merge_partial`` after the run. Afterwards the parent's ``Simulator`` holds every node's final
+model, round ends, starts, adoptions and state, and the message counters summed over workers.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import shutil
+import signal
+import struct
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import heapq
+import msgpack
+import numpy as np
+
+from fednode.security.codec import LocalEnvelope, Payload
+from fednode.security.arrays import decode_arrays
+from fednode.security.envelope import _parse_header
+from fednode.testnet.simulator import Simulator
+
+_CONTROL = struct.Struct("<qdB")   # window number, earliest pending event time of the sender, done flag
+_INF = math.inf
+
+
+@runtime_checkable
+class PartialHook(Protocol):
+    """An ``on_round_end`` hook whose per-worker state can be combined after a parallel run."""
+
+    def export_partial(self) -> bytes:
+        """This worker's state (called in every child worker after its run)."""
+
+    def merge_partial(self, blob: bytes) -> None:
+        """Fold a child worker's exported state into this (the parent's) hook."""
+
+
+@dataclass
+class ParallelStats:
+    """Where a parallel run's time went, per worker (index = worker); ``Simulator.parallel_stats``."""
+
+    windows: int
+    events: list[int]
+    busy_s: list[float]
+    """Wall seconds spent processing events."""
+    exchange_s: list[float]
+    """Wall seconds at the window barriers: writing and reading the batches, waiting for slower workers."""
+
+
+class WorkerFailed(RuntimeError):
+    """A worker process raised or died; the message carries its traceback when it had one."""
+
+
+def run_parallel(sim: Simulator, workers: int = 2, *, until: float | None = None,
+                 max_events: int = 50_000_000, exchange_dir: str | None = None) -> None:
+    """Run ``sim`` to its end (or ``until`` seconds of virtual time) on ``workers`` processes."""
+    if workers < 2:
+        raise ValueError("run_parallel needs at least 2 workers (use Simulator.run for one)")
+    if workers > len(sim.nodes):
+        raise ValueError(f"{workers} workers for {len(sim.nodes)} nodes")
+    if sim.crash_at or sim.late_at:
+        raise ValueError("parallel runs take no crashes or late joiners (their liveliness news would cross workers)")
+    lookahead = sim.conditions.delay
+    if not lookahead > 0:
+        raise ValueError("parallel runs need NetworkConditions.delay > 0: it is the lookahead between workers")
+    if sim.now != sim.start_time:
+        raise ValueError("the simulator has run already")
+    base = Path(exchange_dir or ("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()))
+    workdir = Path(tempfile.mkdtemp(prefix="fednode-sim-", dir=base))
+    pipes = {(a, b): os.pipe() for a in range(workers) for b in range(workers) if a != b}
+    children: dict[int, int] = {}
+    try:
+        for w in range(1, workers):
+            pid = os.fork()
+            if pid == 0:  # the child never returns into the caller's code
+                code = 1
+                try:
+                    _keep_own_fds(pipes, w)
+                    worker = _Worker(sim, w, workers, pipes, workdir, lookahead)
+                    worker.run(until, max_events)
+                    (workdir / f"result-{w}").write_bytes(_export_results(sim, worker))
+                    code = 0
+                except BaseException:  # noqa: BLE001 - reported to the parent through the file
+                    (workdir / f"error-{w}").write_text(traceback.format_exc())
+                finally:
+                    os._exit(code)
+            children[w] = pid
+        _keep_own_fds(pipes, 0)
+        own = _Worker(sim, 0, workers, pipes, workdir, lookahead)
+        try:
+            own.run(until, max_events)
+        except _PeerGone as exc:
+            raise WorkerFailed(_child_error(workdir, exc.worker)) from None
+        for w, pid in list(children.items()):
+            _, status = os.waitpid(pid, 0)
+            del children[w]
+            if os.waitstatus_to_exitcode(status) != 0:
+                raise WorkerFailed(_child_error(workdir, w))
+        stats = ParallelStats(own.window, [own.events], [own.busy_s], [own.exchange_s])
+        for w in range(1, workers):
+            _merge_results(sim, msgpack.unpackb((workdir / f"result-{w}").read_bytes(), raw=False,
+                                                strict_map_key=False), stats)
+        sim.parallel_stats = stats
+    finally:
+        for pid in children.values():  # only on failure: the children we forked, by PID
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+        for fds in pipes.values():
+            for fd in fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+class _PeerGone(Exception):
+    def __init__(self, worker: int) -> None:
+        super().__init__(worker)
+        self.worker = worker
+
+
+def _child_error(workdir: Path, w: int) -> str:
+    err = workdir / f"error-{w}"
+    return f"simulator worker {w} failed:\n" + (err.read_text() if err.exists() else "(it died without a traceback)")
+
+
+def _keep_own_fds(pipes: dict[tuple[int, int], tuple[int, int]], me: int) -> None:
+    """Close every pipe end this worker does not use, so that a dead worker is an EOF, not a hang."""
+    for (a, b), (r, w) in pipes.items():
+        if b != me:
+            _close(r)
+        if a != me:
+            _close(w)
+
+
+def _close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+class _Worker:
+    """One worker's share of the run: its nodes' events, window by window."""
+
+    def __init__(self, sim: Simulator, me: int, workers: int, pipes: dict, workdir: Path, lookahead: float) -> None:
+        self.sim, self.me, self.workers, self.workdir, self.lookahead = sim, me, workers, workdir, lookahead
+        self.pipes = pipes
+        self.owner = [i % workers for i in range(len(sim.nodes))]
+        self.outbound: list[list] = [[] for _ in range(workers)]
+        self.window = 0
+        self.events, self.busy_s, self.exchange_s = 0, 0.0, 0.0   # what ParallelStats reports
+        # every worker's copy of the generator is in the same state: one draw, then one stream per worker
+        sim.rng = np.random.default_rng([int(sim.rng.integers(2**63)), me, workers])
+        own = [(at, seq, idx, item) for at, seq, idx, item in sim._other if self.owner[idx] == me]
+        heapq.heapify(own)
+        sim._other, sim._queue = own, []
+        sim._unstarted = sum(1 for i in range(len(sim.nodes)) if self.owner[i] == me)
+        sim._alive_unfinished = 0
+        sim._deliver = self._deliver  # instance attribute: Simulator._apply's sends go through the partition
+
+    def _deliver(self, sender: int, target: int, data: Any) -> None:
+        sim = self.sim
+        c = sim.conditions
+        sim.messages_sent += 1
+        rand = sim.rng.random
+        copies = 2 if c.duplicate and rand() < c.duplicate else 1
+        dest = self.owner[target]
+        for _ in range(copies):
+            if c.loss and rand() < c.loss:
+                sim.messages_dropped += 1
+                continue
+            delay = c.delay + (rand() * c.jitter if c.jitter else 0.0)
+            if c.reorder and rand() < c.reorder:
+                delay += rand() * c.reorder_delay
+            if dest == self.me:
+                heapq.heappush(sim._queue, (sim.now + delay, next(sim._seq), target, ("msg", data)))
+            else:
+                self.outbound[dest].append((sim.now + delay, target, data))
+
+    def run(self, until: float | None, max_events: int) -> None:
+        enabled = gc.isenabled()
+        gc.disable()  # as Simulator.run: nothing per event forms a cycle
+        try:
+            self._run(until, max_events)
+        finally:
+            if enabled:
+                gc.enable()
+
+    def _run(self, until: float | None, max_events: int) -> None:
+        sim = self.sim
+        limit = _INF if until is None else sim.start_time + until
+        budget = max_events
+        horizon = self._exchange()  # the earliest event anywhere (everyone's start events)
+        clock = time.perf_counter
+        while horizon is not None and horizon <= limit:
+            started = clock()
+            bound = min(horizon + self.lookahead, math.nextafter(limit, _INF))
+            q, o = sim._queue, sim._other
+            while True:
+                head = min(q[0][0] if q else _INF, o[0][0] if o else _INF)
+                if head >= bound:
+                    break
+                budget -= 1
+                if budget < 0:
+                    raise RuntimeError("simulation did not finish within max_events")
+                at, _, idx, item = sim._pop()  # type: ignore[misc]
+                sim.now = at
+                sim._step(idx, item)
+            exchanging = clock()
+            horizon = self._exchange()
+            self.busy_s += exchanging - started
+            self.exchange_s += clock() - exchanging
+        self.events = max_events - budget
+
+    def _exchange(self) -> float | None:
+        """Send this window's cross-worker messages, receive the others'; the next horizon, None when done."""
+        sim, me, k = self.sim, self.me, self.window
+        q, o = sim._queue, sim._other
+        earliest = min(q[0][0] if q else _INF, o[0][0] if o else _INF)
+        for dest in range(self.workers):
+            batch = self.outbound[dest]
+            if dest == me:
+                continue
+            if batch:
+                earliest = min(earliest, min(m[0] for m in batch))
+                (self.workdir / f"w{k}-{me}-{dest}").write_bytes(_pack_batch(batch))
+                batch.clear()
+        done = sim._all_done()
+        for dest in range(self.workers):
+            if dest != me:
+                os.write(self.pipes[(me, dest)][1], _CONTROL.pack(k, earliest, done))
+        horizons, all_done = [earliest], done
+        for src in range(self.workers):
+            if src == me:
+                continue
+            record = _read_exactly(self.pipes[(src, me)][0], _CONTROL.size, src)
+            window, their_earliest, their_done = _CONTROL.unpack(record)
+            if window != k:
+                raise RuntimeError(f"worker {src} is at window {window}, this one at {k}")
+            horizons.append(their_earliest)
+            all_done = all_done and bool(their_done)
+            path = self.workdir / f"w{k}-{src}-{me}"
+            if path.exists():
+                self._receive(path.read_bytes())
+                path.unlink()
+        self.window += 1
+        horizon = min(horizons)
+        return None if all_done or horizon == _INF else horizon
+
+    def _receive(self, blob: bytes) -> None:
+        sim = self.sim
+        payload_blobs, messages = msgpack.unpackb(blob, raw=False)
+        payloads: dict[int, Payload] = {}
+        for at, target, kind, header_bytes, ref in messages:
+            if kind == 0:  # real envelope bytes (signed mode): the receiver opens them itself
+                data: Any = header_bytes
+            else:
+                header = _parse_header(header_bytes)
+                if isinstance(header, str):
+                    raise RuntimeError(f"a worker sent a header that does not parse: {header}")
+                payload = None
+                if ref >= 0:
+                    payload = payloads.get(ref)
+                    if payload is None:
+                        raw = payload_blobs[ref]
+                        payload = payloads[ref] = Payload(decode_arrays(raw, header.layout), len(raw))
+                data = LocalEnvelope(header, header_bytes, payload)
+            heapq.heappush(sim._queue, (at, next(sim._seq), target, ("msg", data)))
+
+
+def _pack_batch(batch: list) -> bytes:
+    """[payloads, messages]: a payload shared by several envelopes (one contribution, many edges) once."""
+    payload_index: dict[int, int] = {}
+    payloads: list = []
+    messages = []
+    for at, target, data in batch:
+        if type(data) is LocalEnvelope:
+            ref = -1
+            if data.payload is not None:
+                key = id(data.payload)
+                ref = payload_index.get(key, -1)
+                if ref < 0:
+                    ref = payload_index[key] = len(payloads)
+                    arrays = data.payload.arrays
+                    payloads.append(b"".join(np.ascontiguousarray(arrays[name]).tobytes()
+                                             for name in data.header.layout.names))
+            messages.append((at, target, 1, data.header_bytes, ref))
+        else:
+            messages.append((at, target, 0, bytes(data), -1))
+    return msgpack.packb((payloads, messages), use_bin_type=True)
+
+
+def _read_exactly(fd: int, n: int, src: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        chunk = os.read(fd, n - len(out))
+        if not chunk:
+            raise _PeerGone(src)
+        out += chunk
+    return out
+
+
+def _export_results(sim: Simulator, worker: _Worker) -> bytes:
+    """What the parent needs of this worker's nodes, the hook's partial state and the worker's stats."""
+    nodes = []
+    for rec in sim.nodes:
+        if worker.owner[rec.index] != worker.me:
+            continue
+        model = rec.machine.model
+        nodes.append({
+            "index": rec.index, "alive": rec.alive, "finished": rec.finished, "started_at": rec.started_at,
+            "round_ends": rec.round_ends, "round_starts": list(rec.round_starts.items()), "adopted": rec.adopted,
+            "model": [(name, str(a.dtype), list(a.shape), np.ascontiguousarray(a).tobytes())
+                      for name, a in model.items()],
+        })
+    kept = [(r, i, v.tobytes()) for r, by_node in sim.models_by_round.items() for i, v in by_node.items()]
+    hook = sim.on_round_end
+    partial = hook.export_partial() if isinstance(hook, PartialHook) else None
+    return msgpack.packb({"nodes": nodes, "sent": sim.messages_sent, "dropped": sim.messages_dropped,
+                          "kept": kept, "partial": partial,
+                          "stats": [worker.events, worker.busy_s, worker.exchange_s]}, use_bin_type=True)
+
+
+def _merge_results(sim: Simulator, res: dict, stats: ParallelStats) -> None:
+    for node in res["nodes"]:
+        rec = sim.nodes[node["index"]]
+        rec.alive, rec.finished, rec.started_at = node["alive"], node["finished"], node["started_at"]
+        rec.round_ends = [tuple(x) for x in node["round_ends"]]
+        rec.round_starts = {r: t for r, t in node["round_starts"]}
+        rec.adopted = [tuple(x) for x in node["adopted"]]
+        rec.machine.model = {name: np.frombuffer(raw, dtype=np.dtype(dt)).reshape(shape).copy()
+                             for name, dt, shape, raw in node["model"]}
+    sim.messages_sent += res["sent"]
+    sim.messages_dropped += res["dropped"]
+    for r, i, raw in res["kept"]:
+        sim.models_by_round.setdefault(r, {})[i] = np.frombuffer(raw, dtype=np.float64).copy()
+    if res["partial"] is not None:
+        sim.on_round_end.merge_partial(res["partial"])  # type: ignore[union-attr]
+    events, busy, exchange = res["stats"]
+    stats.events.append(events)
+    stats.busy_s.append(busy)
+    stats.exchange_s.append(exchange)
+
+
+__all__ = ["ParallelStats", "PartialHook", "WorkerFailed", "run_parallel"]
