@@ -80,6 +80,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -123,50 +124,52 @@ def spectral_factor_sparse(ids: list[bytes], overlay: RandomRegularOverlay, roun
 
 
 class _Disagreement:
-    """||X_r - J X_r||_F of every round, accumulated as the nodes report it (Welford's update).
+    """||X_r - J X_r||_F of every round, accumulated as the nodes report it.
 
     No (n, dim) matrix: writing 80 MB per round of a 1,000-node run and reading it twice for the
-    norm evicted the simulated nodes' state from the cache and cost more than the rest of the
-    round's bookkeeping; the running mean and sum of squares stay in cache. In a parallel run every
-    worker accumulates its own nodes and the parent merges the workers' (count, mean, M2) with Chan
-    et al.'s pairwise rule (a :class:`~fednode.testnet.parallel.PartialHook`).
+    norm evicted the simulated nodes' state from the cache. Shifted sums instead: per round the
+    reference c is the first model reported, S = sum (x - c) and Q = sum ||x - c||^2, so that
+    ||X - JX||^2 = Q - ||S||^2 / k. The reference is one of the models, so both terms are of the
+    order of the disagreement itself and the difference loses nothing that matters (sums around 0
+    would cancel catastrophically near consensus); three passes over a model per report. In a
+    parallel run every worker sums its own nodes and the parent moves the workers' sums to one
+    reference and adds them (a :class:`~fednode.testnet.parallel.PartialHook`).
     """
 
     def __init__(self, dim: int) -> None:
         self.dim = dim
-        self._open: dict[int, list] = {}   # round -> [count, mean, M2]
-        self._delta, self._tmp = np.empty(dim), np.empty(dim)
+        self._open: dict[int, list] = {}   # round -> [k, c, S, Q]
+        self._tmp = np.empty(dim)
 
     def __call__(self, round: int, index: int, label: str, model: dict) -> None:
         x = np.asarray(model["w"], dtype=np.float64)
         acc = self._open.get(round)
         if acc is None:
-            acc = self._open[round] = [0, np.zeros(self.dim), np.zeros(self.dim)]
+            self._open[round] = [1, x.copy(), np.zeros(self.dim), 0.0]
+            return
+        d = np.subtract(x, acc[1], out=self._tmp)
+        acc[2] += d
+        acc[3] += float(d @ d)
         acc[0] += 1
-        delta, tmp = np.subtract(x, acc[1], out=self._delta), self._tmp
-        acc[1] += np.divide(delta, acc[0], out=tmp)             # mean += delta / k
-        np.subtract(x, acc[1], out=tmp)
-        acc[2] += np.multiply(delta, tmp, out=tmp)                # M2 += delta * (x - mean)
 
     def export_partial(self) -> bytes:
-        return msgpack.packb([[r, k, m.tobytes(), m2.tobytes()] for r, (k, m, m2) in self._open.items()])
+        return msgpack.packb([[r, k, c.tobytes(), s.tobytes(), q] for r, (k, c, s, q) in self._open.items()])
 
     def merge_partial(self, blob: bytes) -> None:
-        for r, kb, mb, m2b in msgpack.unpackb(blob):
-            mean_b, m2_b = np.frombuffer(mb), np.frombuffer(m2b)
+        for r, kb, cb, sb, qb in msgpack.unpackb(blob):
+            ref_b, sum_b = np.frombuffer(cb), np.frombuffer(sb)
             acc = self._open.get(r)
             if acc is None:
-                self._open[r] = [kb, mean_b.copy(), m2_b.copy()]
+                self._open[r] = [kb, ref_b.copy(), sum_b.copy(), qb]
                 continue
-            ka, mean_a, m2_a = acc
-            k = ka + kb
-            delta = mean_b - mean_a
-            acc[0], acc[1] = k, mean_a + delta * (kb / k)
-            acc[2] = m2_a + m2_b + delta * delta * (ka * kb / k)
+            e = ref_b - acc[1]          # sums about ref_b -> about ours: x - c = (x - c_b) + e
+            acc[3] += qb + 2.0 * float(e @ sum_b) + kb * float(e @ e)
+            acc[2] += sum_b + kb * e
+            acc[0] += kb
 
     def by_round(self, n: int) -> dict[int, float]:
         """The disagreement of every round all n nodes reported."""
-        return {r: float(np.sqrt(m2.sum())) for r, (k, _, m2) in self._open.items() if k == n}
+        return {r: math.sqrt(max(q - float(s @ s) / k, 0.0)) for r, (k, _, s, q) in self._open.items() if k == n}
 
 
 def run(n: int, degree: int, rounds: int, dim: int, seed: int, signed: bool, workers: int = 1) -> dict:

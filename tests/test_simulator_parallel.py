@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from fednode.gossip.config import RoundConfig
+from fednode.testnet import parallel
 from fednode.testnet.parallel import WorkerFailed, run_parallel
 from fednode.testnet.simulator import NetworkConditions, Simulator
 
@@ -71,6 +72,15 @@ def test_lossless_parallel_run_gives_the_serial_models_bit_for_bit(workers: int)
     for r, by_node in serial.models_by_round.items():
         for i, vec in by_node.items():
             assert np.array_equal(parallel.models_by_round[r][i], vec)
+
+
+def test_batches_too_large_for_shared_memory_go_through_files(monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr(parallel, "HALF_BYTES", 256)  # every batch with a payload is larger
+    serial, par = _sim(rounds=3), _sim(rounds=3)
+    serial.run()
+    run_parallel(par, 2, exchange_dir=str(tmp_path))
+    assert _digest(par) == _digest(serial)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_signed_envelopes_cross_workers_as_bytes() -> None:

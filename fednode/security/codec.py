@@ -208,13 +208,18 @@ class LocalCodec:
     def _payload(self, arrays: dict[str, np.ndarray], spec: ModelSpec, layout: ModelSpec, now_ms: int) -> Payload:
         """The encoded and decoded payload; the same arrays sealed again in the same millisecond (a
         contribution to each edge, one event) share the previous one: the machine never writes into
-        an array it sent, so re-encoding would only copy the same bytes again."""
+        an array it sent, so re-encoding would only copy the same bytes again. For the same reason
+        arrays already in their wire form are not copied at all (:func:`_wire_views`)."""
         source = tuple(arrays[name] for name in spec.names)
         last = self._recent
         if last[0] is spec and last[1] == now_ms and all(a is b for a, b in zip(source, last[2])):
             return last[3]
-        raw = encode_arrays(arrays, spec)[1]
-        payload = Payload(decode_arrays(raw, layout), len(raw))
+        views = _wire_views(arrays, layout)
+        if views is None:
+            raw = encode_arrays(arrays, spec)[1]
+            payload = Payload(decode_arrays(raw, layout), len(raw))
+        else:
+            payload = Payload(views, layout.nbytes)
         payload.bounds()  # now, while the bytes just written are in cache (the receivers would ask anyway)
         last[:] = spec, now_ms, source, payload
         return payload
@@ -238,6 +243,21 @@ class LocalCodec:
                           payload.bounds)
         except Exception as exc:  # as open_envelope: never raises
             return Reject("internal", f"{type(exc).__name__}: {str(exc)[:200]}")
+
+
+def _wire_views(arrays: dict[str, np.ndarray], layout: ModelSpec) -> dict[str, np.ndarray] | None:
+    """Read-only views of ``arrays`` when each already is what decoding its raw bytes gives (the
+    layout's little-endian dtype and shape, C-contiguous): the same values, without the encode copy.
+    None when any array needs a conversion (then the payload is encoded and decoded for real)."""
+    out = {}
+    for name, dtype, shape in layout.entries:
+        a = arrays[name]
+        if type(a) is not np.ndarray or a.dtype != np.dtype(dtype) or a.shape != shape or not a.flags.c_contiguous:
+            return None
+        view = a.view()
+        view.flags.writeable = False
+        out[name] = view
+    return out
 
 
 _NO_LAYOUT = (set(), [], ModelSpec(()))

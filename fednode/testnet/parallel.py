@@ -3,9 +3,11 @@
 A :class:`~fednode.testnet.simulator.Simulator` is built as usual, then ``run_parallel(sim, workers)``
 forks ``workers - 1`` copies of it; worker w owns the nodes ``i % workers == w`` and runs only
 their events. Every machine, message and receive check is the serial simulator's own; what a node
-sends to a node of another worker crosses as the envelope's header bytes and raw payload (parsed
-and decoded again by the receiving worker, as a receiver of :data:`~fednode.security.codec.UNSIGNED`
-bytes would), through one file per (window, worker pair) in ``/dev/shm``.
+sends to a node of another worker crosses as the envelope's header (its bytes and the fields its
+parse gives) and raw payload, which the receiving worker decodes (read-only views, as a receiver
+of :data:`~fednode.security.codec.UNSIGNED` bytes would), through memory shared by the worker
+pair: two halves per direction, alternating by window, so a batch is never overwritten before it
+was read (a batch larger than a half goes through a file in ``/dev/shm`` instead).
 
 Conservative time windows (classic parallel discrete-event simulation): no message arrives sooner
 than ``NetworkConditions.delay`` after it was sent (the lookahead L), so when every worker has
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import gc
 import math
+import mmap
 import os
 import shutil
 import signal
@@ -45,13 +48,17 @@ import heapq
 import msgpack
 import numpy as np
 
+from fednode.security.arrays import ModelSpec, decode_arrays
 from fednode.security.codec import LocalEnvelope, Payload
-from fednode.security.arrays import decode_arrays
-from fednode.security.envelope import _parse_header
+from fednode.security.envelope import Header, _tuple_new
 from fednode.testnet.simulator import Simulator
 
-_CONTROL = struct.Struct("<qdB")   # window number, earliest pending event time of the sender, done flag
+_CONTROL = struct.Struct("<qdBBqq")
+"""Window number, the sender's earliest pending event time, done flag, 1 if the batch is in a file,
+bytes of the batch's message table, bytes of the whole batch (0: nothing sent)."""
 _INF = math.inf
+HALF_BYTES = 256 << 20
+"""Shared memory per direction and window parity (virtual: only the pages written are ever allocated)."""
 
 
 @runtime_checkable
@@ -98,6 +105,7 @@ def run_parallel(sim: Simulator, workers: int = 2, *, until: float | None = None
     base = Path(exchange_dir or ("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()))
     workdir = Path(tempfile.mkdtemp(prefix="fednode-sim-", dir=base))
     pipes = {(a, b): os.pipe() for a in range(workers) for b in range(workers) if a != b}
+    shared = {pair: mmap.mmap(-1, 2 * HALF_BYTES) for pair in pipes}  # anonymous, MAP_SHARED: seen by the forks
     children: dict[int, int] = {}
     try:
         for w in range(1, workers):
@@ -106,7 +114,7 @@ def run_parallel(sim: Simulator, workers: int = 2, *, until: float | None = None
                 code = 1
                 try:
                     _keep_own_fds(pipes, w)
-                    worker = _Worker(sim, w, workers, pipes, workdir, lookahead)
+                    worker = _Worker(sim, w, workers, pipes, shared, workdir, lookahead)
                     worker.run(until, max_events)
                     (workdir / f"result-{w}").write_bytes(_export_results(sim, worker))
                     code = 0
@@ -116,7 +124,7 @@ def run_parallel(sim: Simulator, workers: int = 2, *, until: float | None = None
                     os._exit(code)
             children[w] = pid
         _keep_own_fds(pipes, 0)
-        own = _Worker(sim, 0, workers, pipes, workdir, lookahead)
+        own = _Worker(sim, 0, workers, pipes, shared, workdir, lookahead)
         try:
             own.run(until, max_events)
         except _PeerGone as exc:
@@ -140,10 +148,12 @@ def run_parallel(sim: Simulator, workers: int = 2, *, until: float | None = None
                 pass
         for fds in pipes.values():
             for fd in fds:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+                _close(fd)
+        for region in shared.values():
+            try:
+                region.close()
+            except BufferError:  # a view still held by a traceback: freed with it
+                pass
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -177,9 +187,11 @@ def _close(fd: int) -> None:
 class _Worker:
     """One worker's share of the run: its nodes' events, window by window."""
 
-    def __init__(self, sim: Simulator, me: int, workers: int, pipes: dict, workdir: Path, lookahead: float) -> None:
+    def __init__(self, sim: Simulator, me: int, workers: int, pipes: dict, shared: dict, workdir: Path,
+                 lookahead: float) -> None:
         self.sim, self.me, self.workers, self.workdir, self.lookahead = sim, me, workers, workdir, lookahead
-        self.pipes = pipes
+        self.pipes, self.shared = pipes, shared
+        self.layouts: dict[bytes, ModelSpec] = {}
         self.owner = [i % workers for i in range(len(sim.nodes))]
         self.outbound: list[list] = [[] for _ in range(workers)]
         self.window = 0
@@ -252,77 +264,115 @@ class _Worker:
         sim, me, k = self.sim, self.me, self.window
         q, o = sim._queue, sim._other
         earliest = min(q[0][0] if q else _INF, o[0][0] if o else _INF)
+        sent = {}
         for dest in range(self.workers):
             batch = self.outbound[dest]
-            if dest == me:
+            if dest == me or not batch:
+                sent[dest] = (0, 0, 0)
                 continue
-            if batch:
-                earliest = min(earliest, min(m[0] for m in batch))
-                (self.workdir / f"w{k}-{me}-{dest}").write_bytes(_pack_batch(batch))
-                batch.clear()
+            earliest = min(earliest, min(m[0] for m in batch))
+            sent[dest] = self._send(dest, k, batch)
+            batch.clear()
         done = sim._all_done()
         for dest in range(self.workers):
             if dest != me:
-                os.write(self.pipes[(me, dest)][1], _CONTROL.pack(k, earliest, done))
+                os.write(self.pipes[(me, dest)][1], _CONTROL.pack(k, earliest, done, *sent[dest]))
         horizons, all_done = [earliest], done
         for src in range(self.workers):
             if src == me:
                 continue
             record = _read_exactly(self.pipes[(src, me)][0], _CONTROL.size, src)
-            window, their_earliest, their_done = _CONTROL.unpack(record)
+            window, their_earliest, their_done, in_file, table_len, total = _CONTROL.unpack(record)
             if window != k:
                 raise RuntimeError(f"worker {src} is at window {window}, this one at {k}")
             horizons.append(their_earliest)
             all_done = all_done and bool(their_done)
-            path = self.workdir / f"w{k}-{src}-{me}"
-            if path.exists():
-                self._receive(path.read_bytes())
-                path.unlink()
+            if total:
+                if in_file:
+                    path = self.workdir / f"w{k}-{src}-{me}"
+                    self._receive(memoryview(path.read_bytes()), table_len)
+                    path.unlink()
+                else:
+                    start = (k % 2) * HALF_BYTES
+                    self._receive(memoryview(self.shared[(src, me)])[start:start + total], table_len)
         self.window += 1
         horizon = min(horizons)
         return None if all_done or horizon == _INF else horizon
 
-    def _receive(self, blob: bytes) -> None:
-        sim = self.sim
-        payload_blobs, messages = msgpack.unpackb(blob, raw=False)
-        payloads: dict[int, Payload] = {}
-        for at, target, kind, header_bytes, ref in messages:
-            if kind == 0:  # real envelope bytes (signed mode): the receiver opens them itself
-                data: Any = header_bytes
-            else:
-                header = _parse_header(header_bytes)
-                if isinstance(header, str):
-                    raise RuntimeError(f"a worker sent a header that does not parse: {header}")
-                payload = None
-                if ref >= 0:
-                    payload = payloads.get(ref)
-                    if payload is None:
-                        raw = payload_blobs[ref]
-                        payload = payloads[ref] = Payload(decode_arrays(raw, header.layout), len(raw))
-                data = LocalEnvelope(header, header_bytes, payload)
-            heapq.heappush(sim._queue, (at, next(sim._seq), target, ("msg", data)))
-
-
-def _pack_batch(batch: list) -> bytes:
-    """[payloads, messages]: a payload shared by several envelopes (one contribution, many edges) once."""
-    payload_index: dict[int, int] = {}
-    payloads: list = []
-    messages = []
-    for at, target, data in batch:
-        if type(data) is LocalEnvelope:
-            ref = -1
+    def _send(self, dest: int, k: int, batch: list) -> tuple[int, int, int]:
+        """Write the batch: a msgpack message table, then the payloads' raw bytes (each shared payload once)."""
+        payload_at: dict[int, tuple[int, int]] = {}
+        chunks: list = []
+        offset = 0
+        layouts: dict[int, int] = {}
+        layout_table: list = []
+        messages = []
+        for at, target, data in batch:
+            if type(data) is not LocalEnvelope:  # real envelope bytes (signed mode): opened by the receiver
+                messages.append((at, target, bytes(data)))
+                continue
+            header = data.header
+            spec = header.layout
+            li = layouts.get(id(spec))
+            if li is None:
+                li = layouts[id(spec)] = len(layout_table)
+                layout_table.append(spec.to_layout())
+            where = None
             if data.payload is not None:
-                key = id(data.payload)
-                ref = payload_index.get(key, -1)
-                if ref < 0:
-                    ref = payload_index[key] = len(payloads)
+                where = payload_at.get(id(data.payload))
+                if where is None:
                     arrays = data.payload.arrays
-                    payloads.append(b"".join(np.ascontiguousarray(arrays[name]).tobytes()
-                                             for name in data.header.layout.names))
-            messages.append((at, target, 1, data.header_bytes, ref))
-        else:
-            messages.append((at, target, 0, bytes(data), -1))
-    return msgpack.packb((payloads, messages), use_bin_type=True)
+                    parts = [memoryview(np.ascontiguousarray(arrays[name])).cast("B") for name in spec.names]
+                    size = sum(p.nbytes for p in parts)
+                    where = payload_at[id(data.payload)] = (offset, size)
+                    chunks.extend(parts)
+                    offset += size
+            messages.append((at, target, data.header_bytes, header[:10], li, header.meta, where))
+        table = msgpack.packb((layout_table, messages), use_bin_type=True)
+        total = len(table) + offset
+        if total > HALF_BYTES:  # too large for shared memory: a file (tmpfs where there is one)
+            with open(self.workdir / f"w{k}-{self.me}-{dest}", "wb") as f:
+                f.write(table)
+                for part in chunks:
+                    f.write(part)
+            return 1, len(table), total
+        region = self.shared[(self.me, dest)]
+        pos = (k % 2) * HALF_BYTES
+        region[pos:pos + len(table)] = table
+        pos += len(table)
+        for part in chunks:
+            region[pos:pos + part.nbytes] = part
+            pos += part.nbytes
+        return 0, len(table), total
+
+    def _receive(self, view: memoryview, table_len: int) -> None:
+        sim = self.sim
+        layout_table, messages = msgpack.unpackb(view[:table_len], raw=False, use_list=True)
+        specs = []
+        for layout in layout_table:
+            key = msgpack.packb(layout)
+            spec = self.layouts.get(key)
+            if spec is None:
+                spec = self.layouts[key] = ModelSpec.from_layout(layout)
+            specs.append(spec)
+        payloads: dict[int, Payload] = {}
+        base = table_len
+        push, seq, queue = heapq.heappush, sim._seq, sim._queue
+        for item in messages:
+            if len(item) == 3:
+                at, target, data = item
+            else:
+                at, target, header_bytes, fields, li, meta, where = item
+                spec = specs[li]
+                payload = None
+                if where is not None:
+                    offset, size = where
+                    payload = payloads.get(offset)
+                    if payload is None:  # a copy: the shared half is written again two windows later
+                        raw = bytes(view[base + offset:base + offset + size])
+                        payload = payloads[offset] = Payload(decode_arrays(raw, spec), size)
+                data = LocalEnvelope(_tuple_new(Header, (*fields, spec, meta)), header_bytes, payload)
+            push(queue, (at, next(seq), target, ("msg", data)))
 
 
 def _read_exactly(fd: int, n: int, src: int) -> bytes:
