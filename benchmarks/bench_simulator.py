@@ -73,7 +73,22 @@ tracker commits, which a same-moment A/B could not tell apart), 102.2 s (1.02; l
 100.3 s (1.00; load 0.7 -> 1.0), 161.1 s wall with 88.2 s CPU (load 0.2 -> 6.9: another tenant
 ran unlocked); the 100-node reference in those runs: 0.50, 0.73, 0.84, 0.62 ms per node-round
 (per node-round ratio x1.49, x1.39, x1.19, x2.60). The default 100-node run (50 rounds): 4.0 s
-and 4.8 s. So about 75-100 s for 1,000 x 100, down from about 295 s: not yet the 60 s of issue 13.
+and 4.8 s. So about 75-100 s for 1,000 x 100 in one process, down from about 295 s.
+
+Fourth pass: both cores (``--workers 2``, the default; fednode/testnet/parallel.py). One process
+on a quiet machine (load 0.9 at the start) took 107.9 s for 1,000 x 100 (1.08 ms per node-round;
+the 100-node run 0.73), and 1,000 x 10 with 10 parameters instead of 10,000 ran at 0.65 ms per
+node-round: half of the time is memory traffic of 80 KB models that no longer fit any cache, the
+other half the protocol's Python. The nodes split over two forked workers, each running its half
+of the machines in conservative time windows (lookahead: the network's 10 ms minimum delay; 4.3
+windows per round), with the cross-worker messages (half of them) exchanged at each window's end
+through shared memory. First version (files, headers re-parsed): 62.8 s, 114.5 s CPU, 7.7-8.4 s
+per worker at the barriers. Then shared memory, header fields shipped instead of re-parsed, the
+LOCAL codec's views of arrays already in wire form (no encode copy) and this tracker's shifted sums
+(3 passes per report instead of Welford's 6): 1,000 x 100 in 58.1 s wall (108.0 s CPU in both
+processes, 0.581 ms per node-round; each worker busy 47.0 / 47.6 s, 6.9 / 6.2 s at the barriers;
+load 3.2 -> 2.2), the 100-node reference 5.0 s (0.500 ms per node-round, ratio x1.16 per
+node-round). Same contraction as one process (0.4462 per round against a spectral factor of 0.8901).
 """
 
 from __future__ import annotations
