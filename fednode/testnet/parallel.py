@@ -30,7 +30,6 @@ model, round ends, starts, adoptions and state, and the message counters summed 
 
 from __future__ import annotations
 
-import gc
 import math
 import mmap
 import os
@@ -51,7 +50,7 @@ import numpy as np
 from fednode.security.arrays import ModelSpec, decode_arrays
 from fednode.security.codec import LocalEnvelope, Payload
 from fednode.security.envelope import Header, _tuple_new
-from fednode.testnet.simulator import Simulator
+from fednode.testnet.simulator import Simulator, gc_paused
 
 _CONTROL = struct.Struct("<qdBBqq")
 """Window number, the sender's earliest pending event time, done flag, 1 if the batch is in a file,
@@ -203,35 +202,18 @@ class _Worker:
         sim._other, sim._queue = own, []
         sim._unstarted = sum(1 for i in range(len(sim.nodes)) if self.owner[i] == me)
         sim._alive_unfinished = 0
-        sim._deliver = self._deliver  # instance attribute: Simulator._apply's sends go through the partition
+        sim._arrive = self._arrive  # instance attribute: the simulator's deliveries go through the partition
 
-    def _deliver(self, sender: int, target: int, data: Any) -> None:
-        sim = self.sim
-        c = sim.conditions
-        sim.messages_sent += 1
-        rand = sim.rng.random
-        copies = 2 if c.duplicate and rand() < c.duplicate else 1
+    def _arrive(self, at: float, target: int, data: Any) -> None:
         dest = self.owner[target]
-        for _ in range(copies):
-            if c.loss and rand() < c.loss:
-                sim.messages_dropped += 1
-                continue
-            delay = c.delay + (rand() * c.jitter if c.jitter else 0.0)
-            if c.reorder and rand() < c.reorder:
-                delay += rand() * c.reorder_delay
-            if dest == self.me:
-                heapq.heappush(sim._queue, (sim.now + delay, next(sim._seq), target, ("msg", data)))
-            else:
-                self.outbound[dest].append((sim.now + delay, target, data))
+        if dest == self.me:
+            heapq.heappush(self.sim._queue, (at, next(self.sim._seq), target, ("msg", data)))
+        else:
+            self.outbound[dest].append((at, target, data))
 
     def run(self, until: float | None, max_events: int) -> None:
-        enabled = gc.isenabled()
-        gc.disable()  # as Simulator.run: nothing per event forms a cycle
-        try:
+        with gc_paused():  # as Simulator.run: nothing per event forms a cycle
             self._run(until, max_events)
-        finally:
-            if enabled:
-                gc.enable()
 
     def _run(self, until: float | None, max_events: int) -> None:
         sim = self.sim

@@ -20,11 +20,12 @@ them (1,000 nodes x 100 rounds x 80 KB is 8 GB).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import heapq
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -63,6 +64,18 @@ class _NonceStream:
         out = self._buf[self._pos:self._pos + k]
         self._pos += k
         return out
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off for a run (see :meth:`Simulator.run`), back as it was after."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def identity_from_seed(seed: bytes) -> Identity:
@@ -210,7 +223,11 @@ class Simulator:
             delay = c.delay + (rand() * c.jitter if c.jitter else 0.0)
             if c.reorder and rand() < c.reorder:
                 delay += rand() * c.reorder_delay
-            heapq.heappush(self._queue, (self.now + delay, next(self._seq), target, ("msg", data)))  # _schedule
+            self._arrive(self.now + delay, target, data)
+
+    def _arrive(self, at: float, target: int, data: object) -> None:
+        """Queue a message copy for delivery (a parallel run's worker replaces this for other workers' nodes)."""
+        heapq.heappush(self._queue, (at, next(self._seq), target, ("msg", data)))
 
     # ------------------------------------------------------------------ running
 
@@ -223,13 +240,8 @@ class Simulator:
         allocate per event forms a cycle (a run leaves nothing for ``gc.collect()``): refcounting
         frees it all.
         """
-        enabled = gc.isenabled()
-        gc.disable()
-        try:
+        with gc_paused():
             self._run(until, max_events)
-        finally:
-            if enabled:
-                gc.enable()
 
     def _run(self, until: float | None, max_events: int) -> None:
         limit = None if until is None else self.start_time + until
