@@ -218,3 +218,51 @@ def test_cross_site_windows():
     # node 1 skipped rounds 5-19 (a resync): its two windows are its own 10 completed rounds
     assert out["per_node"] == {"0": [1, 0], "1": [5, 5], "2": [5, 0]} and out["min_per_window"] == 0
     assert out["spans"]["1"] == [[0, 4], [20, 24]]
+
+
+@pytest.mark.parametrize("first_interrupt", [True, False])
+def test_interrupt_during_cleanup_does_not_skip_removing_the_namespaces(tmp_path, monkeypatch, first_interrupt):
+    """Ctrl-C pressed again (or SIGTERM) while the launcher stops the nodes: the namespaces are still removed."""
+    import signal
+    import time
+
+    from fednode.testnet import launcher
+    net = launcher.Testnet(TestnetOptions(nodes=2, rounds=1, workdir=tmp_path, quiet=True).check())
+    net.prepare()
+    closed = []
+
+    class FakeNet:  # stands for NetRun: close() is where the namespaces are deleted
+        errors: list[str] = []
+
+        def start(self, t0):
+            pass
+
+        def close(self):
+            closed.append(True)
+            return []
+
+        def report(self, base):
+            return {}
+
+    net.net = FakeNet()
+    monkeypatch.setattr(net, "_launch", lambda node: None)
+
+    def monitor():
+        if first_interrupt:
+            raise KeyboardInterrupt
+
+    def stop_all():  # while the nodes stop: Ctrl-C, then SIGTERM
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+
+    monkeypatch.setattr(net, "_monitor", monitor)
+    monkeypatch.setattr(net, "_stop_all", stop_all)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        report = net.run()
+    except KeyboardInterrupt:
+        pytest.fail("a second Ctrl-C cut the cleanup short")
+    assert closed == [True]
+    assert report["errors"].count("interrupted") == 1 and not report["ok"]
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers

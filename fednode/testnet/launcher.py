@@ -35,6 +35,7 @@ With --netns: network (see fednode/testnet/netrun.py): {netns, run_id, sites, si
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -44,6 +45,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,11 +217,18 @@ class Testnet:
             self.errors.append("interrupted")
             self._say("\ninterrupted: stopping every node")
         finally:
-            self._stop_all()
-            self.progress.finish()
-            if self.net is not None:
-                self.net.close()
-                self.errors += self.net.errors
+            # a second Ctrl-C (or SIGTERM) while nodes stop and namespaces are removed must not cut
+            # the cleanup short: it would leave namespaces, routers and shims until the next --netns run
+            with _signals_deferred(self._say) as deferred:
+                try:
+                    self._stop_all()
+                    self.progress.finish()
+                finally:
+                    if self.net is not None:
+                        self.net.close()
+                        self.errors += self.net.errors
+            if deferred and "interrupted" not in self.errors:
+                self.errors.append("interrupted")
         wall = time.time() - self.started_at
         report = build_report(self, wall)
         if self.net is not None:
@@ -366,6 +375,27 @@ class Testnet:
 
 class _Abort(Exception):
     pass
+
+
+@contextlib.contextmanager
+def _signals_deferred(say):
+    """SIGINT and SIGTERM only noted (a list of the signals received) while the block runs; the
+    handlers before it are restored after. Signals reach the main thread only: elsewhere a no-op."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def note(signum, frame):
+        received.append(signum)
+        say("still stopping the nodes and removing what the run created; please wait")
+
+    old = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def _libp2p_addresses(idents: list[Identity]) -> list[tuple[str, str]]:
