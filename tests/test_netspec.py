@@ -266,3 +266,25 @@ def test_interrupt_during_cleanup_does_not_skip_removing_the_namespaces(tmp_path
     assert closed == [True]
     assert report["errors"].count("interrupted") == 1 and not report["ok"]
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
+
+
+def test_interrupted_namespace_creation_leaves_no_namespace(tmp_path, monkeypatch):
+    """Ctrl-C reaches `ip netns add` too: a namespace it made before the KeyboardInterrupt is still deleted."""
+    existing: set[str] = set()
+
+    def fake_run(cmd, **kw):
+        if cmd[:3] == ["ip", "netns", "add"]:
+            existing.add(cmd[3])
+            if cmd[3].endswith("-n1"):
+                raise KeyboardInterrupt  # arrives after ip made the namespace, before run() returns
+        elif cmd[:3] == ["ip", "netns", "del"]:
+            existing.discard(cmd[3])
+        out = "\n".join(sorted(existing)) if cmd[:3] == ["ip", "netns", "list"] else ""
+        return subprocess.CompletedProcess(cmd, 0, stdout=out, stderr="")
+
+    monkeypatch.setattr(netns, "require_root", lambda: None)
+    monkeypatch.setattr(netns.subprocess, "run", fake_run)
+    topo = netns.Topology(3, state_dir=tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        topo.create()
+    assert existing == set() and topo.created == [] and not topo.state_file.exists()
