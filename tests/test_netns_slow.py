@@ -46,10 +46,12 @@ def test_impaired_links_are_measured(tmp_path):
 
 
 def test_partition_and_heal(tmp_path):
-    # 250 rounds: about 90 inside the 20 s cut and about 100 after the heal on this machine, so neither
-    # window depends on how fast a round is (CI once finished a 50-round run right after the cut)
+    # 250 rounds: about 130 inside the 30 s cut and about 100 after the heal on this machine, so neither
+    # window depends on how fast a round is (CI once finished a 50-round run right after the cut).
+    # 30 s, not 20: one group of two was once stuck for 15.7 s of a 20 s cut (each gap inside the
+    # round bound, but 9 rounds in the window); docs/protocol.md, "Round bound under delay and partitions"
     r = _testnet(tmp_path, "--nodes", "4", "--rounds", "250", "--link", "delay=40ms",
-                 "--partition", "at=3s for=20s groups=0-1|2-3", "--lease-ms", "1000")
+                 "--partition", "at=3s for=30s groups=0-1|2-3", "--lease-ms", "1000")
     assert r["ok"], r["errors"]
     part = r["network"]["partition"]
     assert [e["event"] for e in part["events"]] == ["cut", "healed"]

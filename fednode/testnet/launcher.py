@@ -35,7 +35,6 @@ With --netns: network (see fednode/testnet/netrun.py): {netns, run_id, sites, si
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
@@ -45,7 +44,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,22 +56,8 @@ from fednode.testnet.memory import rss_mb
 from fednode.testnet.options import TestnetOptions
 from fednode.testnet.progress import Progress
 from fednode.testnet.report import build_report, print_summary
+from fednode.testnet.signals import node_child_setup, signals_deferred
 from fednode.testnet.status_files import read_status
-
-_LIBC = None
-if sys.platform.startswith("linux"):
-    import ctypes
-    _LIBC = ctypes.CDLL(None, use_errno=True)
-
-
-def _node_child_setup(nice: int) -> None:
-    """In the forked node, before exec: its niceness, and SIGTERM when the launcher dies (even by
-    SIGKILL: PR_SET_PDEATHSIG), so no node outlives a killed launcher or benchmark cell."""
-    if nice:
-        os.nice(nice)
-    if _LIBC is not None:
-        _LIBC.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
-
 
 __all__ = ["Testnet", "TestnetOptions", "run_testnet", "run_testnet_with_dashboard"]
 
@@ -192,7 +176,7 @@ class Testnet:
             node.proc = subprocess.Popen(
                 argv,
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self._env,
-                start_new_session=True, preexec_fn=lambda n=self.opts.node_nice: _node_child_setup(n))
+                start_new_session=True, preexec_fn=lambda n=self.opts.node_nice: node_child_setup(n))
         finally:
             log.close()
         node.killed = False
@@ -219,7 +203,7 @@ class Testnet:
         finally:
             # a second Ctrl-C (or SIGTERM) while nodes stop and namespaces are removed must not cut
             # the cleanup short: it would leave namespaces, routers and shims until the next --netns run
-            with _signals_deferred(self._say) as deferred:
+            with signals_deferred(self._say) as deferred:
                 try:
                     self._stop_all()
                     self.progress.finish()
@@ -375,27 +359,6 @@ class Testnet:
 
 class _Abort(Exception):
     pass
-
-
-@contextlib.contextmanager
-def _signals_deferred(say):
-    """SIGINT and SIGTERM only noted (a list of the signals received) while the block runs; the
-    handlers before it are restored after. Signals reach the main thread only: elsewhere a no-op."""
-    received: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield received
-        return
-
-    def note(signum, frame):
-        received.append(signum)
-        say("still stopping the nodes and removing what the run created; please wait")
-
-    old = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield received
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
 
 
 def _libp2p_addresses(idents: list[Identity]) -> list[tuple[str, str]]:
