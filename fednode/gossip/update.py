@@ -21,10 +21,21 @@ def accept_local_step(spec: ModelSpec, base: Model, model: Model, update_clip: f
     if not spec.matches(model):
         return None, "bad_local_step_layout"
     half = {k: np.array(v, copy=True) for k, v in model.items()}
-    if not all(np.isfinite(v).all() for v in half.values()):  # on the copy: it is in cache now
+    if not all(_finite(v) for v in half.values()):  # on the copy: it is in cache now
         return None, "bad_local_step_non_finite"
     if update_clip is not None:
         delta = {k: half[k].astype(np.float64) - base[k].astype(np.float64) for k in half}
         clipped, _norm = clip_by_global_norm(delta, update_clip)
         half = {k: (base[k].astype(np.float64) + clipped[k]).astype(half[k].dtype) for k in half}
     return half, None
+
+
+def _finite(v: np.ndarray) -> bool:
+    """Every value finite. A float sum is finite only if every term is (NaN and inf propagate), so one
+    reduction without a temporary decides the common case; an overflowing sum of finite values falls
+    back to the element-wise test."""
+    if v.dtype.kind == "f":
+        with np.errstate(all="ignore"):  # the overflow of a huge finite sum is not an error here
+            if np.isfinite(np.add.reduce(v, axis=None)):
+                return True
+    return bool(np.isfinite(v).all())

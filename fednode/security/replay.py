@@ -23,6 +23,9 @@ class _ExpiringSet:
         self.ttl_s = float(ttl_s)
         self.max_entries = int(max_entries)
         self._expiry: OrderedDict[Hashable, float] = OrderedDict()
+        self._head = float("inf")
+        """A lower bound on the oldest entry's expiry (exact after a prune): while ``now`` is below it
+        and the set is within ``max_entries``, nothing can be due, so :meth:`add` skips the prune."""
 
     def __contains__(self, item: tuple[Hashable, float]) -> bool:
         key, now_s = item
@@ -37,12 +40,12 @@ class _ExpiringSet:
     def add(self, key: Hashable, now_s: float) -> None:
         d = self._expiry
         if key in d:
-            d.move_to_end(key)
-        d[key] = now_s + self.ttl_s
-        for exp in d.values():  # prune(), inlined for the common case: the oldest entry is still live
-            if exp > now_s and len(d) <= self.max_entries:
-                return
-            break
+            d.move_to_end(key)  # the old head may move back: _head stays a lower bound
+        exp = d[key] = now_s + self.ttl_s
+        if len(d) == 1:
+            self._head = exp
+        elif now_s < self._head and len(d) <= self.max_entries:
+            return  # the common case: nothing is due (two adds per accepted message)
         self.prune(now_s)
 
     def prune(self, now_s: float) -> None:
@@ -51,6 +54,7 @@ class _ExpiringSet:
             d.popitem(last=False)
         while len(d) > self.max_entries:
             d.popitem(last=False)
+        self._head = next(iter(d.values())) if d else float("inf")
 
     def __len__(self) -> int:
         return len(self._expiry)

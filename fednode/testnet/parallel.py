@@ -139,6 +139,7 @@ def run_parallel(sim: Simulator, workers: int = 2, *, until: float | None = None
                                                 strict_map_key=False), stats)
         sim.parallel_stats = stats
     finally:
+        vars(sim).pop("_arrive", None)  # the worker's hook: no sim <-> worker cycle is left behind
         for pid in children.values():  # only on failure: the children we forked, by PID
             try:
                 os.kill(pid, signal.SIGKILL)
