@@ -51,6 +51,7 @@ def run_cell(attack: str, setting: str, args: argparse.Namespace) -> dict:
         "byzantine": report.get("byzantine"), "wall_time_s": round(time.time() - t0, 1),
         "honest_rejects": report.get("honest_rejects"),
         "honest_accuracies": [n["test_accuracy"] for n in nodes if not n.get("byzantine")],
+        "honest_nodes": [_node_detail(n, nodes) for n in nodes if not n.get("byzantine")],
         "rounds_completed": [n["rounds_completed"] for n in nodes],
         "validation_ms_per_round": (sum(ms) / len(ms)) if ms else None,
         "validation_dropped": sum(int(v.get("dropped", 0)) for v in validation),
@@ -59,6 +60,18 @@ def run_cell(attack: str, setting: str, args: argparse.Namespace) -> dict:
         "config": {"nodes": args.nodes, "rounds": args.rounds, "degree": args.degree, "seed": args.seed,
                    "t_hello": args.t_hello, "t_agg": args.t_agg, "t_commit": args.t_commit},
     }
+
+
+def _node_detail(node: dict, nodes: list[dict]) -> dict:
+    """One honest node's outcome and whom it excluded (to read an outlier off the results file)."""
+    attackers = {n["peer_id"] for n in nodes if n.get("byzantine")}
+    excluded = node.get("exclusions") or {}
+    return {"index": node["index"], "accuracy": node["test_accuracy"],
+            "excluded_attackers": sum(v for p, v in excluded.items() if p in attackers),
+            "excluded_honest": sum(v for p, v in excluded.items() if p not in attackers),
+            "exclusion_reasons": node.get("exclusion_reasons"),
+            "filter_dropped": (node.get("validation") or {}).get("dropped"),
+            "rounds_averaged": node.get("rounds_averaged")}
 
 
 def markdown(results: dict, attacks: list[str], settings: list[str]) -> str:

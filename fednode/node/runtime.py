@@ -415,6 +415,7 @@ class NodeRuntime:
             "rejects": dict(st.rejects), "rejects_by_peer": {p.hex(): n for p, n in st.rejects_by_peer.items()},
             "aborts": dict(st.aborts), "retries": st.retries_sent, "resyncs": st.resyncs,
             "drift_events": st.drift_events, "exclusions": {p.hex(): n for p, n in st.exclusions.items()},
+            "exclusion_reasons": dict(st.exclusion_reasons),
             "timings": ({"total": last.total_s, "train": last.local_step_s, "hello": last.hello_wait_s,
                          "aggregate": last.aggregate_s, "commit": last.commit_s} if last else {}),
             "cumulative": {k: round(v, 4) for k, v in self.timing.items()},

@@ -47,6 +47,7 @@ def build_report(net: "Testnet", wall: float) -> dict[str, Any]:
             "rss_peak_mb": getattr(node, "rss_peak_mb", None),
             "per_round": node_rounds(st, net.started_at),
             "attack": st.get("attack"), "validation": st.get("validation"),
+            "exclusions": st.get("exclusions"), "exclusion_reasons": st.get("exclusion_reasons"),
         })
     disagreement = rel = None
     avg_acc = None
