@@ -55,36 +55,3 @@ def test_bad_settings_are_refused():
         RoundConfig(federation="t", filter_window=0)
     with pytest.raises(ValueError, match="exclude_rounds"):
         RoundConfig(federation="t", exclude_rounds=-1)
-
-
-def test_a_returned_peer_is_on_probation_one_drop_excludes_it_again():
-    ex = _ex(exclude_rounds=5, filter_exclude_after=3, filter_window=10)
-    for r in (1, 2, 3):
-        ex.dropped([A], r)
-    assert ex.until[A] == 8 and ex.view({A, B}, 8) == {B}
-    assert ex.view({A, B}, 9) == {A, B} and ex.probation[A] == 18  # back, on probation to round 18
-    ex.dropped([B], 12)  # an honest peer's single drop: no probation, no exclusion
-    ex.dropped([A], 12)
-    assert ex.view({A, B}, 13) == {B} and ex.until[A] == 17 and A not in ex.probation
-    assert ex.stats.exclusions[A] == 2 and ex.stats.exclusion_reasons["probation"] == 1
-    assert ex.view({A, B}, 18) == {A, B}
-
-
-def test_probation_ends_after_the_window_then_three_drops_are_needed_again():
-    ex = _ex(exclude_rounds=5, filter_exclude_after=3, filter_window=10)
-    for r in (1, 2, 3):
-        ex.dropped([A], r)
-    assert ex.view({A}, 9) == {A}  # returned; probation to round 18
-    for r in (19, 20):
-        ex.dropped([A], r)
-        assert ex.view({A}, r + 1) == {A}
-    ex.dropped([A], 21)
-    assert ex.view({A}, 22) == set() and ex.stats.exclusion_reasons == {"filtered": 2}
-
-
-def test_a_proven_liar_back_from_exclusion_is_on_probation_for_the_filter():
-    ex = _ex(exclude_rounds=5, filter_window=10)
-    ex.proven(A, 0)
-    assert ex.view({A}, 5) == set() and ex.view({A}, 6) == {A}
-    ex.dropped([A], 7)
-    assert ex.view({A}, 8) == set() and ex.stats.exclusion_reasons == {"proven": 1, "probation": 1}

@@ -13,12 +13,6 @@ With the validation-score filter, a neighbour whose contribution the filter drop
 local judgement, not a proof; measured on digits (Dirichlet 0.5, 10 nodes, 2 attackers), the filter
 drops an honest neighbour 0-2 times in 40 rounds and an attacker 7-24 times. Wrongly excluding an
 honest peer costs edges (views disagree), never correctness.
-
-A peer whose exclusion has run out is on probation for ``filter_window`` rounds: one drop by the
-filter then excludes it again (reason ``probation``), instead of ``filter_exclude_after`` fresh drops.
-Without that, an attacker excluded early came back for the last rounds of a run, when the final
-models are made, and held edges again until its third drop (one honest neighbour fewer each time,
-and a pull whenever the filter let it through).
 """
 
 from __future__ import annotations
@@ -37,8 +31,6 @@ class Exclusions:
         self.config = config
         self.stats = stats
         self.until: dict[bytes, int] = {}
-        self.probation: dict[bytes, int] = {}
-        """Peer -> last round of its probation (a returned peer: one filter drop excludes it again)."""
         self._drops: dict[bytes, deque[int]] = {}
 
     def _exclude(self, peer: bytes, round: int, why: str) -> None:
@@ -60,9 +52,6 @@ class Exclusions:
         if not after or not self.config.exclude_rounds:
             return
         for peer in peers:
-            if self.probation.pop(peer, -1) >= round:
-                self._exclude(peer, round, "probation")
-                continue
             recent = self._drops.setdefault(peer, deque())
             recent.append(round)
             while recent and recent[0] <= round - window:
@@ -76,5 +65,5 @@ class Exclusions:
         if not self.until:
             return members
         for peer in [p for p, last in self.until.items() if last < number]:
-            self.probation[peer] = self.until.pop(peer) + self.config.filter_window
+            del self.until[peer]
         return members - self.until.keys() if self.until else members
