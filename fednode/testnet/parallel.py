@@ -4,10 +4,11 @@ A :class:`~fednode.testnet.simulator.Simulator` is built as usual, then ``run_pa
 forks ``workers - 1`` copies of it; worker w owns the nodes ``i % workers == w`` and runs only
 their events. Every machine, message and receive check is the serial simulator's own; what a node
 sends to a node of another worker crosses as the envelope's header (its bytes and the fields its
-parse gives) and raw payload, which the receiving worker decodes (read-only views, as a receiver
-of :data:`~fednode.security.codec.UNSIGNED` bytes would), through memory shared by the worker
-pair: two halves per direction, alternating by window, so a batch is never overwritten before it
-was read (a batch larger than a half goes through a file in ``/dev/shm`` instead).
+parse gives) and raw payload with the float bounds the sender took of it, which the receiving
+worker decodes (read-only views, as a receiver of :data:`~fednode.security.codec.UNSIGNED` bytes
+would), through memory shared by the worker pair: two halves per direction, alternating by
+window, so a batch is never overwritten before it was read (a batch larger than a half goes
+through a file in ``/dev/shm`` instead).
 
 Conservative time windows (classic parallel discrete-event simulation): no message arrives sooner
 than ``NetworkConditions.delay`` after it was sent (the lookahead L), so when every worker has
@@ -307,7 +308,8 @@ class _Worker:
                     arrays = data.payload.arrays
                     parts = [memoryview(np.ascontiguousarray(arrays[name])).cast("B") for name in spec.names]
                     size = sum(p.nbytes for p in parts)
-                    where = payload_at[id(data.payload)] = (offset, size)
+                    # the sender's float bounds go along: the receiving worker need not take them again
+                    where = payload_at[id(data.payload)] = (offset, size, data.payload.bounds())
                     chunks.extend(parts)
                     offset += size
             messages.append((at, target, data.header_bytes, header[:10], li, header.meta, where))
@@ -349,11 +351,12 @@ class _Worker:
                 spec = specs[li]
                 payload = None
                 if where is not None:
-                    offset, size = where
+                    offset, size, bounds = where
                     payload = payloads.get(offset)
                     if payload is None:  # a copy: the shared half is written again two windows later
                         raw = bytes(view[base + offset:base + offset + size])
                         payload = payloads[offset] = Payload(decode_arrays(raw, spec), size)
+                        payload._bounds = {name: (hi, lo) for name, (hi, lo) in bounds.items()}
                 data = LocalEnvelope(_tuple_new(Header, (*fields, spec, meta)), header_bytes, payload)
             push(queue, (at, next(seq), target, ("msg", data)))
 
