@@ -415,7 +415,6 @@ class NodeRuntime:
             "rejects": dict(st.rejects), "rejects_by_peer": {p.hex(): n for p, n in st.rejects_by_peer.items()},
             "aborts": dict(st.aborts), "retries": st.retries_sent, "resyncs": st.resyncs,
             "drift_events": st.drift_events, "exclusions": {p.hex(): n for p, n in st.exclusions.items()},
-            "exclusion_reasons": dict(st.exclusion_reasons),
             "timings": ({"total": last.total_s, "train": last.local_step_s, "hello": last.hello_wait_s,
                          "aggregate": last.aggregate_s, "commit": last.commit_s} if last else {}),
             "cumulative": {k: round(v, 4) for k, v in self.timing.items()},
@@ -423,7 +422,7 @@ class NodeRuntime:
             "epsilon": self.ledger.epsilon() if self.ledger is not None else None,
             "dp": self.config.dp, "dp_delta": self.config.dp_delta if self.ledger is not None else None,
             "dp_budget": self.config.dp_epsilon, "releases": len(self.ledger.releases) if self.ledger else 0,
-            "time": time.time(),
+            "exclusion_reasons": dict(st.exclusion_reasons), "time": time.time(),
         }
         if self.budget_exhausted:
             fields["state"] = "budget_exhausted"
