@@ -344,6 +344,29 @@ def test_killed_or_hung_subprocess_peer_is_reported_left_within_the_lease(make, 
     assert peer not in a.live_peers()
 
 
+def test_a_hung_peer_does_not_hold_the_senders_other_messages(make, child):
+    """A put to a peer that takes nothing blocks (Zenoh's blocking congestion control, up to its
+    5 s wait_before_close); it must hold only that peer's queue, never the caller or other peers
+    (a partition once stalled a group 15.7 s, one such put per neighbour across the cut)."""
+    (a, _), (c, rc) = make(), make()
+    peer = pid()
+    proc = child(peer)
+    _wait_ready(proc)
+    assert wait_until(lambda: {peer, c.me} <= a.live_peers(), timeout=5.0)
+    a.send(peer, b"x")
+    os.kill(proc.pid, signal.SIGSTOP)
+    big = bytes(100_000)
+    worst = 0.0
+    for _ in range(200):  # 20 MB: far more than the socket buffers and Zenoh's queue take
+        t = time.monotonic()
+        a.send(peer, big)
+        worst = max(worst, time.monotonic() - t)
+    t0 = time.monotonic()
+    a.send(c.me, b"after")
+    assert wait_until(lambda: b"after" in rc.messages, timeout=2.0)
+    assert time.monotonic() - t0 < 1.0 and worst < 0.2, (time.monotonic() - t0, worst)
+
+
 # ---------------------------------------------------------------------------- router
 
 

@@ -29,8 +29,12 @@ Threads
     Callbacks run on Zenoh's threads: they hand bytes to the caller's callbacks (which the node
     runtime turns into queue puts), never raise (errors are logged and counted in
     ``callback_errors``) and must not block for long; ``model_provider`` must return cached bytes.
-    Never call ``close()`` from inside a callback. ``send`` uses blocking congestion control: a
-    hung receiver can hold a sender until its lease expires.
+    Never call ``close()`` from inside a callback. ``send`` and ``broadcast`` only queue: each
+    destination has a thread of its own that puts with blocking congestion control
+    (:mod:`~fednode.gossip.transports.send_lanes`), so a peer that takes nothing (behind a
+    partition, hung) holds its own messages, up to Zenoh's 5 s ``wait_before_close``, and never
+    the caller. ``messages_sent``/``bytes_sent`` count what was handed over; ``send_dropped``
+    counts messages a full queue dropped.
 
 Every session is closed on every path: ``close()`` is idempotent, ``start()`` closes what it
 opened when it fails, and both classes are context managers.
@@ -45,10 +49,14 @@ from collections.abc import Callable
 import zenoh
 
 from fednode.gossip.transports import keyexpr
+from fednode.gossip.transports.send_lanes import SendLanes
 from fednode.gossip.transports.zenoh_settings import (_ZENOH_LOCATION, TransportError, ZenohSettings, _close_all,
                                                       _close_once, _explain, _replies, open_session)
 
 log = logging.getLogger("fednode.transport")
+
+FLUSH_S = 1.0
+"""How long ``close()`` waits for queued messages to be handed to Zenoh (a node's last COMMITs)."""
 
 # ---------------------------------------------------------------------------- transport
 
@@ -82,6 +90,7 @@ class ZenohTransport:
         self.messages_received = 0
         self.send_errors = 0
         self.callback_errors = 0
+        self._lanes = SendLanes(self._put, name=f"fednode-send-{self.me.hex()[:8]}")
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -127,8 +136,12 @@ class ZenohTransport:
             raise
 
     def close(self) -> None:
-        """Undeclare everything (the token first: the others see this node leave) and close the session."""
+        """Hand over what is queued (at most ``FLUSH_S``), undeclare everything (the token first: the
+        others see this node leave), close the session (a put still blocked returns), stop the senders."""
+        if not self._closed:
+            self._lanes.flush(FLUSH_S)
         _close_once(self)
+        self._lanes.close()
 
     @property
     def closed(self) -> bool:
@@ -153,36 +166,48 @@ class ZenohTransport:
             self.bytes_received += n
             self.messages_received += 1
 
-    def _put(self, key: str, data: bytes, **kw) -> None:
+    def _put(self, key: str, data: bytes, **kw) -> bool:
         session = self._session
         if session is None or self._closed:
             log.debug("put on %s dropped: transport not running", key)
-            return
+            return False
         try:
             session.put(key, data, **kw)
         except Exception as exc:  # noqa: BLE001 - a closing session: the protocol tolerates loss
             with self._lock:
                 self.send_errors += 1
             log.warning("put on %s failed: %s", key, _ZENOH_LOCATION.sub("", str(exc)))
+            return False
+        return True
+
+    def _queue(self, key: str, data: bytes, **kw) -> None:
+        if self._session is None or self._closed:
+            log.debug("send on %s dropped: transport not running", key)
             return
-        self._count_out(len(data))
+        if self._lanes.submit(key, data, **kw):
+            self._count_out(len(data))
 
     def send(self, peer_id: bytes, data: bytes) -> None:
-        """Deliver ``data`` to ``peer_id`` only (its inbox key); blocks while the link is congested."""
-        self._put(keyexpr.inbox(self._fed, peer_id), bytes(data),
-                  congestion_control=zenoh.CongestionControl.BLOCK)
+        """Queue ``data`` for ``peer_id`` only (its inbox key); never blocks (see Threads above)."""
+        self._queue(keyexpr.inbox(self._fed, peer_id), bytes(data), congestion_control=zenoh.CongestionControl.BLOCK)
 
     def broadcast(self, data: bytes) -> None:
-        """Deliver ``data`` to every other peer of the federation (not to this one)."""
-        self._put(keyexpr.bcast(self._fed), bytes(data), congestion_control=zenoh.CongestionControl.BLOCK,
-                  allowed_destination=zenoh.Locality.REMOTE)
+        """Queue ``data`` for every other peer of the federation (not this one); never blocks."""
+        self._queue(keyexpr.bcast(self._fed), bytes(data), congestion_control=zenoh.CongestionControl.BLOCK,
+                    allowed_destination=zenoh.Locality.REMOTE)
+
+    @property
+    def send_dropped(self) -> int:
+        """Messages dropped because a destination's queue was full (a peer that took nothing for long)."""
+        return self._lanes.dropped
 
     def publish_status(self, data: bytes) -> None:
         """Publish the signed status and keep it for the status queryable (best effort: never blocks)."""
         data = bytes(data)
         self._last_status = data
-        self._put(keyexpr.status(self._fed, self.me), data, congestion_control=zenoh.CongestionControl.DROP,
-                  priority=zenoh.Priority.DATA_LOW, allowed_destination=zenoh.Locality.REMOTE)
+        if self._put(keyexpr.status(self._fed, self.me), data, congestion_control=zenoh.CongestionControl.DROP,
+                     priority=zenoh.Priority.DATA_LOW, allowed_destination=zenoh.Locality.REMOTE):
+            self._count_out(len(data))
 
     def fetch_model(self, peer_id: bytes | None = None, timeout_s: float = 3.0) -> list[bytes]:
         """The models that ``peer_id`` (or every other live peer, when None) serve, within ``timeout_s``.
