@@ -219,10 +219,10 @@ class Libp2pTransport:
             out = self._out.get(peer)
             if out is None or (kind == Kind.STATUS and peer not in self._wants_status):
                 continue
-            try:
-                await out[0].send((kind, data))
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                self.send_errors += 1
+            try:  # never waits: a peer whose stream takes nothing must not hold the caller's loop
+                out[0].send_nowait((kind, data))
+            except (trio.ClosedResourceError, trio.BrokenResourceError, trio.WouldBlock):
+                self.send_errors += 1  # full: QUEUE_FRAMES wait already; the round tolerates the loss
 
     def _emit(self, events: list[tuple[str, bytes]]) -> None:
         if self._closed:
