@@ -42,16 +42,16 @@ from fednode.security.noise import make_rng, privatize_update
 
 log = logging.getLogger("fednode.node")
 
-_STATE_NAMES = {TRAIN: "training", AGGREGATE: "aggregating", COMMITTING: "committing", SYNC: "syncing",
-                DONE: "done"}
+_STATE_NAMES = {TRAIN: "training", AGGREGATE: "aggregating", COMMITTING: "committing", SYNC: "syncing", DONE: "done"}
 
 _KILL_AFTER_CONTRIBUTE: int | None = (int(os.environ["FEDNODE_FAULT_KILL_AFTER_CONTRIBUTE"])
                                       if os.environ.get("FEDNODE_FAULT_KILL_AFTER_CONTRIBUTE") else None)
-"""Fault injection for dropout tests: SIGKILL this process right after it sends its first masked (or
-plaintext) contribution in this round or later, so some aggregators have it and others never will."""
+"""Fault injection for dropout tests: SIGKILL this process once its first masked (or plaintext) contribution
+of this round or later has left, so some aggregators have it and others never will."""
 
 
-def _die_now(reason: str) -> None:
+def _die_now(reason: str, transport: Any = None) -> None:
+    getattr(transport, "flush", lambda timeout_s: True)(5.0)  # what "was sent" must really leave
     log.warning(reason)
     for handler in logging.getLogger().handlers:
         handler.flush()
@@ -318,7 +318,7 @@ class NodeRuntime:
                 self.transport.send(action.peer, self.hooks.outgoing(action.kind, action.data))
                 if action.kind == "contribute" and _KILL_AFTER_CONTRIBUTE is not None \
                         and self.machine is not None and self.machine.round >= _KILL_AFTER_CONTRIBUTE:
-                    _die_now(f"fault injection: SIGKILL after a contribution in round {self.machine.round}")
+                    _die_now(f"fault injection: SIGKILL after contributing, round {self.machine.round}", self.transport)
             elif isinstance(action, Broadcast):
                 self.transport.broadcast(action.data)
             elif isinstance(action, SetTimer):

@@ -196,6 +196,10 @@ class ZenohTransport:
         self._queue(keyexpr.bcast(self._fed), bytes(data), congestion_control=zenoh.CongestionControl.BLOCK,
                     allowed_destination=zenoh.Locality.REMOTE)
 
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until every queued message was handed to Zenoh; False if ``timeout_s`` ran out first."""
+        return self._lanes.flush(timeout_s)
+
     @property
     def send_dropped(self) -> int:
         """Messages dropped because a destination's queue was full (a peer that took nothing for long)."""
