@@ -3,6 +3,7 @@ destination holds only its own messages, order per destination, bounded queues, 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -40,6 +41,21 @@ def wait_until(pred, timeout: float = 5.0) -> bool:
     return bool(pred())
 
 
+@contextlib.contextmanager
+def stuck_lane(**bounds):
+    """Lanes whose destination "b" is stuck inside put with one message ("first"); released after."""
+    put = FakePut()
+    put.blocked["b"] = threading.Event()
+    lanes = SendLanes(put, **bounds)
+    try:
+        lanes.submit("b", b"first")  # taken by the lane's thread at once, then blocked in put
+        assert wait_until(lambda: lanes.pending() == 1 and not lanes._lanes["b"].items)
+        yield put, lanes
+    finally:
+        put.blocked["b"].set()
+        lanes.close()
+
+
 def test_a_blocked_destination_holds_only_its_own_messages():
     put = FakePut()
     put.blocked["b"] = threading.Event()
@@ -64,36 +80,20 @@ def test_a_blocked_destination_holds_only_its_own_messages():
 
 
 def test_a_full_queue_drops_its_oldest_messages_and_counts_them():
-    put = FakePut()
-    put.blocked["b"] = threading.Event()
-    lanes = SendLanes(put, max_messages=3, max_bytes=1 << 20)
-    try:
-        lanes.submit("b", b"first")  # taken by the lane's thread at once, then blocked in put
-        assert wait_until(lambda: lanes.pending() == 1 and not lanes._lanes["b"].items)
+    with stuck_lane(max_messages=3, max_bytes=1 << 20) as (put, lanes):
         for i in range(6):
             lanes.submit("b", b"m%d" % i)
         assert lanes.dropped == 3  # m0, m1, m2: the oldest of the waiting ones
         put.blocked["b"].set()
         assert lanes.flush(5.0)
         assert put.of("b") == [b"first", b"m3", b"m4", b"m5"]
-    finally:
-        put.blocked["b"].set()
-        lanes.close()
 
 
 def test_the_byte_bound_keeps_at_least_the_newest_message():
-    put = FakePut()
-    put.blocked["b"] = threading.Event()
-    lanes = SendLanes(put, max_messages=100, max_bytes=250)
-    try:
-        lanes.submit("b", b"x")
-        assert wait_until(lambda: lanes.pending() == 1 and not lanes._lanes["b"].items)
+    with stuck_lane(max_messages=100, max_bytes=250) as (_, lanes):
         for size in (100, 100, 100, 1000):
             lanes.submit("b", bytes(size))
         assert lanes.dropped == 3 and [len(d) for d, _ in lanes._lanes["b"].items] == [1000]
-    finally:
-        put.blocked["b"].set()
-        lanes.close()
 
 
 def test_idle_lanes_end_their_threads_and_come_back_on_demand():
