@@ -82,8 +82,10 @@ class Payload:
 
     __slots__ = ("arrays", "nbytes", "_bounds")
 
-    def __init__(self, arrays: dict[str, np.ndarray], nbytes: int) -> None:
-        self.arrays, self.nbytes, self._bounds = arrays, nbytes, None
+    def __init__(self, arrays: dict[str, np.ndarray], nbytes: int,
+                 bounds: dict[str, tuple[float, float]] | None = None) -> None:
+        """``bounds``: :func:`~fednode.security.arrays.float_bounds` of ``arrays`` when the caller has it."""
+        self.arrays, self.nbytes, self._bounds = arrays, nbytes, bounds
 
     def bounds(self) -> dict[str, tuple[float, float]]:
         """:func:`~fednode.security.arrays.float_bounds` of the arrays (a pure function of immutable data)."""

@@ -355,8 +355,8 @@ class _Worker:
                     payload = payloads.get(offset)
                     if payload is None:  # a copy: the shared half is written again two windows later
                         raw = bytes(view[base + offset:base + offset + size])
-                        payload = payloads[offset] = Payload(decode_arrays(raw, spec), size)
-                        payload._bounds = {name: (hi, lo) for name, (hi, lo) in bounds.items()}
+                        payload = payloads[offset] = Payload(decode_arrays(raw, spec), size,
+                                                             {name: (hi, lo) for name, (hi, lo) in bounds.items()})
                 data = LocalEnvelope(_tuple_new(Header, (*fields, spec, meta)), header_bytes, payload)
             push(queue, (at, next(seq), target, ("msg", data)))
 
