@@ -55,3 +55,76 @@ def test_bad_settings_are_refused():
         RoundConfig(federation="t", filter_window=0)
     with pytest.raises(ValueError, match="exclude_rounds"):
         RoundConfig(federation="t", exclude_rounds=-1)
+
+
+def test_far_drops_count_in_the_same_window_and_are_reported_as_far():
+    ex = _ex(exclude_rounds=5, filter_exclude_after=3, filter_window=10)
+    ex.dropped([A], 1, "far")
+    ex.dropped([A], 2)           # a filter drop and far ones share the window
+    ex.dropped([A], 3, "far")
+    assert ex.view({A, B}, 4) == {B}
+    assert dict(ex.stats.exclusion_reasons) == {"far": 1}
+
+
+def test_far_neighbours_are_those_beyond_ratio_times_tau():
+    from fednode.aggregation import far_neighbours
+    d = {B: 1.0, A: 2.5, b"c" * 32: 2.0}
+    assert far_neighbours(d, 1.0, 2.0) == [A]             # 2.0 itself is not beyond
+    assert far_neighbours(d, 0.0, 2.0) == []              # tau 0: everyone outside is clipped to nothing already
+    assert far_neighbours(d, float("inf"), 2.0) == []
+
+
+def test_mix_neighbours_reports_far_neighbours_only_for_the_clipped_rule():
+    import numpy as np
+
+    from fednode.gossip.mix import mix_neighbours
+    own = {"w": np.zeros(4)}
+    near = {bytes([i]) * 32: {"w": np.full(4, 0.1 * (1 + i % 2))} for i in range(3)}
+    liar = b"z" * 32
+    neighbours = {**near, liar: {"w": np.full(4, 5.0)}}
+    weights = {p: 0.2 for p in neighbours}
+    seen: list = []
+    clipped = RoundConfig(federation="t", aggregator="clipped")
+    out = mix_neighbours(clipped, own, neighbours, weights, None, seen.append)
+    assert seen == [[liar]]
+    assert np.all(out["w"] < 0.2)  # still mixed, clipped to tau: the liar moved x by at most w * tau
+    seen.clear()
+    mix_neighbours(RoundConfig(federation="t", aggregator="clipped", far_ratio=None), own, neighbours, weights, None,
+                   seen.append)
+    mix_neighbours(RoundConfig(federation="t"), own, neighbours, weights, None, seen.append)
+    assert seen == []
+
+
+def test_a_far_attacker_is_excluded_by_the_honest_nodes_under_the_clipped_rule():
+    """Node 7 adds large noise to every contribution; with the clipped rule each honest node that
+    finds it beyond 2 tau in 3 of 10 rounds takes it out of its overlay view ("far"). The teeth:
+    with ``far_ratio=None`` nobody excludes it."""
+    import numpy as np
+
+    from fednode.node.byzantine import ByzantineInterceptor
+    from tests.test_round import T0, _drive, _nodes
+
+    def run(far_ratio):
+        cfg = RoundConfig(federation="t", max_rounds=20, degree=3, t_hello=1.0, t_agg=1.0, t_commit=1.0,
+                          aggregator="clipped", far_ratio=far_ratio)
+        ids, allow, spec, machines = _nodes(8, cfg, dim=50)
+        rng = np.random.default_rng(0)
+        for m in machines:  # honest models close together, as after a common initialisation
+            m.model = {"w": rng.normal(0.0, 0.01, 50)}
+        liar = ByzantineInterceptor("gaussian", ids[7], allow, spec, scale=0.05)
+        res = _drive(machines, lambda m, data: liar.rewrite(data) if m is machines[7] else data, T0 + 400)
+        assert all(len(res["ends"][m.me]) == 20 for m in machines)
+        bad = machines[7].me
+        return [m.stats.exclusions.get(bad, 0) for m in machines[:7]], machines[:7]
+
+    excluded, honest = run(2.0)
+    assert sum(1 for e in excluded if e) >= 5
+    assert all(set(m.stats.exclusion_reasons) <= {"far"} for m in honest)
+    excluded_off, honest_off = run(None)
+    assert not any(excluded_off) and not any(m.stats.exclusions for m in honest_off)
+
+
+def test_far_ratio_must_exceed_one():
+    with pytest.raises(ValueError, match="far_ratio"):
+        RoundConfig(federation="t", far_ratio=1.0)
+    assert RoundConfig(federation="t", far_ratio=None).far_ratio is None

@@ -61,8 +61,9 @@ class RoundConfig:
     :mod:`fednode.gossip.exclusion`."""
     filter_exclude_after: int = 3
     filter_window: int = 10
-    """With the validation filter: a neighbour dropped in ``filter_exclude_after`` of the last
-    ``filter_window`` rounds is excluded for ``exclude_rounds`` too (0: the filter never excludes)."""
+    """A neighbour dropped by the validation filter, or found farther than ``far_ratio`` tau by the
+    clipped aggregator, in ``filter_exclude_after`` of the last ``filter_window`` rounds is excluded
+    for ``exclude_rounds`` too (0: such suspicion never excludes)."""
     # --- secure aggregation
     secure_aggregation: str = "off"
     """"off" (plaintext gossip), "retry" (mode A: masked sums, re-masked over the survivors after a
@@ -75,6 +76,10 @@ class RoundConfig:
     aggregator: str = "gossip"
     clip_tau: float | None = None
     """ClippedGossip radius; None = adaptive (second-largest neighbour distance)."""
+    far_ratio: float | None = 2.0
+    """With the clipped aggregator: a neighbour farther than this many times the round's radius tau
+    counts like a validation-filter drop towards exclusion (``filter_exclude_after`` of the last
+    ``filter_window`` rounds); None: off. Honest digits neighbours stay within 1.7 tau (p99)."""
     trim: int = 1
     validation_filter: bool = False
     """Score each neighbour's contribution on a held-out slice of the node's data before mixing (the runtime
@@ -92,6 +97,8 @@ class RoundConfig:
         if self.max_retries < 0 or self.min_contributors < 1 or self.degree < 1 or min(self.exclude_rounds, self.filter_exclude_after) < 0 or self.filter_window < 1:
             raise ValueError("max_retries >= 0, min_contributors >= 1, degree >= 1, exclude_rounds >= 0, "
                              "filter_exclude_after >= 0 and filter_window >= 1 are required")
+        if self.far_ratio is not None and not self.far_ratio > 1:
+            raise ValueError("far_ratio must be > 1 (or None: off)")
         if self.update_clip is not None and not self.update_clip > 0:
             raise ValueError("update_clip must be > 0")
         if self.secure_aggregation not in SECURE_AGGREGATION_MODES:

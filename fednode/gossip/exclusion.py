@@ -8,11 +8,14 @@ the honest views agree again without the liar, and the overlay gives the honest 
 neighbours instead of edges whose contribution is refused every round. No message is added: the
 proof is the liar's own signed message, and each receiver judges it alone.
 
-With the validation-score filter, a neighbour whose contribution the filter drops in
-``filter_exclude_after`` of the last ``filter_window`` rounds is excluded the same way. That is a
-local judgement, not a proof; measured on digits (Dirichlet 0.5, 10 nodes, 2 attackers), the filter
-drops an honest neighbour 0-2 times in 40 rounds and an attacker 7-24 times. Wrongly excluding an
-honest peer costs edges (views disagree), never correctness.
+A neighbour that is suspected in ``filter_exclude_after`` of the last ``filter_window`` rounds is
+excluded the same way. Suspicion is either the validation-score filter dropping its contribution
+("filtered") or, with the clipped aggregator, its distance exceeding ``far_ratio`` times the round's
+clipping radius ("far"); both count towards the same window. That is a local judgement, not a proof;
+measured on digits (Dirichlet 0.5, 10 nodes, 2 attackers), the filter drops an honest neighbour 0-2
+times in 40 rounds and an attacker 7-24 times, and an honest neighbour is beyond 2 tau in about 1 of
+900 neighbour-rounds, a sign-flipping attacker in about half. Wrongly excluding an honest peer costs
+edges (views disagree), never correctness.
 """
 
 from __future__ import annotations
@@ -46,8 +49,9 @@ class Exclusions:
         if self.config.exclude_rounds:
             self._exclude(peer, round, "proven")
 
-    def dropped(self, peers: Iterable[bytes], round: int) -> None:
-        """The validation filter dropped these neighbours' contributions in ``round``."""
+    def dropped(self, peers: Iterable[bytes], round: int, why: str = "filtered") -> None:
+        """These neighbours were suspected in ``round``: ``why`` is "filtered" (the validation filter
+        dropped their contribution) or "far" (beyond ``far_ratio`` times the clipping radius)."""
         after, window = self.config.filter_exclude_after, self.config.filter_window
         if not after or not self.config.exclude_rounds:
             return
@@ -58,7 +62,7 @@ class Exclusions:
                 recent.popleft()
             if len(recent) >= after:
                 recent.clear()
-                self._exclude(peer, round, "filtered")
+                self._exclude(peer, round, why)
 
     def view(self, members: Set[bytes], number: int) -> Set[bytes]:
         """The members the overlay of round ``number`` is drawn over: all but the excluded ones."""

@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from fednode.aggregation import adaptive_tau, clipped_gossip, coordinate_median, mix, trimmed_mean
+from fednode.aggregation import (adaptive_tau, clipped_gossip, coordinate_median, far_neighbours, mix,
+                                 neighbour_distances, trimmed_mean)
 from fednode.gossip import secagg
 from fednode.gossip.config import RoundConfig
 from fednode.security.arrays import Model, ModelSpec
@@ -22,14 +23,23 @@ ContributionFilter = Callable[[Model, dict[bytes, Model], dict[bytes, float]], d
 
 
 def mix_neighbours(config: RoundConfig, own: Model, neighbours: dict[bytes, Model], weights: dict[bytes, float],
-                   contribution_filter: ContributionFilter | None = None) -> Model:
+                   contribution_filter: ContributionFilter | None = None,
+                   on_far: Callable[[list[bytes]], None] | None = None) -> Model:
     """x^{r+1} under the configured rule: gossip (Metropolis-Hastings), clipped, median or trimmed mean.
 
-    ClippedGossip's adaptive radius comes from the whole neighbourhood, before the filter drops anyone.
+    ClippedGossip's adaptive radius comes from the whole neighbourhood, before the filter drops anyone;
+    so does the list of neighbours farther than ``config.far_ratio`` times it, handed to ``on_far``
+    (the round machine counts them towards exclusion).
     """
     tau = config.clip_tau
-    if tau is None and config.aggregator == "clipped":
-        tau = adaptive_tau(own, neighbours, weights)
+    if config.aggregator == "clipped" and (tau is None or (on_far is not None and config.far_ratio)):
+        distances = neighbour_distances(own, neighbours)
+        if tau is None:
+            tau = adaptive_tau(own, neighbours, weights, distances=distances)
+        if on_far is not None and config.far_ratio:
+            far = far_neighbours(distances, tau, config.far_ratio)
+            if far:
+                on_far(far)
     if contribution_filter is not None and not config.secure:
         weights = contribution_filter(own, neighbours, weights)
         neighbours = {p: neighbours[p] for p in weights}

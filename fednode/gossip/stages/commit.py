@@ -110,7 +110,7 @@ class CommitStage:
                 ctx.inbox.exclusions.dropped(sorted(set(w).difference(kept)), rnd.number)
                 return kept
         model = mix_neighbours(ctx.config, rnd.half, {p: rnd.exchange.contributions[p] for p in weights}, weights,
-                               scorer)
+                               scorer, lambda far: ctx.inbox.exclusions.dropped(far, rnd.number, "far"))
         return RoundEnd(model, weights, None, drift)
 
     def deadline(self, rnd: RoundState) -> float | None:
