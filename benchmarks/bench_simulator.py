@@ -99,6 +99,15 @@ reduction, the sender's float bounds shipped with a cross-worker payload. 1,000 
 113 s of CPU for the same work. The host's speed, not the code, decides which side of 60 s a run
 lands on; the profile (py-spy, both workers) is flat: mixing 11 %, verification 15 %, sealing
 10 %, the round and stage logic about 40 %, the simulator's queue about 7 %.
+
+Sixth look (2026-12-06, late): the same 1,000 x 100 run took 63.6 s (118.6 s CPU) on a quiet
+machine, then 74.8 s (136.0 s CPU) an hour later on the same code, so the host still decides.
+With 10 parameters instead of 10,000 it took 53.0 s: the model arrays are only about a sixth of the
+time, the rest is the protocol's Python. cProfile counts 141 function calls per message (12
+messages per node-round), none of them dominant; valgrind counts 2.43 M instructions per
+node-round at 10 parameters, 2.79 M at 10,000. Three workers on the two cores (77.1 s) were no
+better than two. What is left to try is structural: fewer messages per node-round (a protocol
+change) or compiled hot paths.
 """
 
 from __future__ import annotations
