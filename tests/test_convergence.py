@@ -45,7 +45,8 @@ def run_dgd(problem: LeastSquares, A: np.ndarray, rounds: int, *, seed: int,
     cfg = RoundConfig(federation="dgd", max_rounds=rounds, t_hello=4.0, t_agg=1.0, t_commit=1.0)
     sim = Simulator(problem.n, config=cfg, initial_models={"w": np.zeros(problem.dim)},
                     local_step=problem.local_step, overlay_factory=static_overlay_factory(A),
-                    conditions=conditions, seed=seed, crashes=crashes)
+                    conditions=conditions, seed=seed, crashes=crashes,
+                    signed=False)  # fast mode: the signed models bit for bit (tests/test_simulator_fast.py)
     sim.run()
     return sim
 
