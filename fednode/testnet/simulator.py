@@ -102,11 +102,6 @@ class NetworkConditions:
     membership_delay: float = 0.05
     """Time for liveliness to report a join or a crash to the others."""
 
-    @property
-    def plain(self) -> bool:
-        """No loss, duplication or reordering: each message is one copy, delayed only."""
-        return not (self.loss or self.duplicate or self.reorder)
-
 
 @dataclass
 class NodeRecord:
@@ -220,9 +215,6 @@ class Simulator:
         c = self.conditions
         self.messages_sent += 1
         rand = self.rng.random
-        if c.plain:  # the common case, the same draws as below: one jitter draw per message
-            self._arrive(self.now + c.delay + (rand() * c.jitter if c.jitter else 0.0), target, data)
-            return
         copies = 2 if c.duplicate and rand() < c.duplicate else 1
         for _ in range(copies):
             if c.loss and rand() < c.loss:

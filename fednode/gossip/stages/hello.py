@@ -27,10 +27,8 @@ class HelloStage:
              only: Iterable[bytes] | None = None) -> None:
         """HELLO goes to each proposed neighbour, recipient-bound: O(degree) messages, not O(n)."""
         ctx, hello = self.ctx, rnd.hello
-        listed = sorted(rnd.proposed)
-        shared = None if ctx.secure else {"n": listed, "d": len(listed), "epk": b""}  # sealing never mutates it
-        for peer in (listed if only is None else sorted(only)):
-            meta = shared or {"n": listed, "d": len(listed), "epk": b""}
+        for peer in sorted(rnd.proposed if only is None else only):
+            meta = {"n": sorted(rnd.proposed), "d": rnd.degree, "epk": b""}
             if ctx.secure:
                 meta["epk"] = hello.epoch_keys.setdefault(peer, EpochKeys.generate()).public_bytes
             if ctx.plus:  # and a separate one for share bundles, which is never secret-shared
