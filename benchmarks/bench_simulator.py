@@ -104,8 +104,10 @@ Sixth look (2026-12-06, late): the same 1,000 x 100 run took 63.6 s (118.6 s CPU
 machine, then 74.8 s (136.0 s CPU) an hour later on the same code, so the host still decides.
 With 10 parameters instead of 10,000 it took 53.0 s: the model arrays are only about a sixth of the
 time, the rest is the protocol's Python. cProfile counts 141 function calls per message (12
-messages per node-round), none of them dominant; valgrind counts 2.43 M instructions per
-node-round at 10 parameters, 2.79 M at 10,000. Three workers on the two cores (77.1 s) were no
+messages per node-round), none of them dominant; valgrind counts 2.81 M instructions per
+node-round at 10,000 parameters and about 2.44 M at 10. Two small changes (HELLO meta built once
+per send, a short delivery path for a lossless network) saved 0.6 % and were reverted: a second
+copy of the delivery formula was not worth it. Three workers on the two cores (77.1 s) were no
 better than two. What is left to try is structural: fewer messages per node-round (a protocol
 change) or compiled hot paths.
 """
