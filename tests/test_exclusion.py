@@ -18,9 +18,9 @@ def _ex(**kw) -> Exclusions:
 def test_three_drops_inside_the_window_exclude_for_exclude_rounds():
     ex = _ex(exclude_rounds=5, filter_exclude_after=3, filter_window=10)
     for r in (1, 4):
-        ex.dropped([A], r)
+        ex.suspected([A], r, "filtered")
         assert ex.view({A, B}, r + 1) == {A, B}
-    ex.dropped([A], 9)
+    ex.suspected([A], 9, "filtered")
     assert ex.view({A, B}, 10) == {B} and ex.view({A, B}, 14) == {B}
     assert ex.view({A, B}, 15) == {A, B}
     assert ex.stats.exclusions[A] == 1 and ex.stats.exclusion_reasons["filtered"] == 1
@@ -29,7 +29,7 @@ def test_three_drops_inside_the_window_exclude_for_exclude_rounds():
 def test_drops_spread_wider_than_the_window_never_exclude():
     ex = _ex(filter_exclude_after=3, filter_window=10)
     for r in range(0, 100, 5):  # one drop every 5 rounds: at most 2 inside any 10
-        ex.dropped([A], r)
+        ex.suspected([A], r, "filtered")
     assert ex.view({A}, 100) == {A} and not ex.stats.exclusions
 
 
@@ -46,7 +46,7 @@ def test_a_proof_excludes_at_once_and_extends_not_shortens():
 def test_zero_turns_the_filter_exclusion_off(kw):
     ex = _ex(**kw)
     for r in range(10):
-        ex.dropped([A], r)
+        ex.suspected([A], r, "filtered")
     assert ex.view({A}, 10) == {A}
 
 
@@ -59,9 +59,9 @@ def test_bad_settings_are_refused():
 
 def test_far_drops_count_in_the_same_window_and_are_reported_as_far():
     ex = _ex(exclude_rounds=5, filter_exclude_after=3, filter_window=10)
-    ex.dropped([A], 1, "far")
-    ex.dropped([A], 2)           # a filter drop and far ones share the window
-    ex.dropped([A], 3, "far")
+    ex.suspected([A], 1, "far")
+    ex.suspected([A], 2, "filtered")  # a filter drop and far ones share the window
+    ex.suspected([A], 3, "far")
     assert ex.view({A, B}, 4) == {B}
     assert dict(ex.stats.exclusion_reasons) == {"far": 1}
 

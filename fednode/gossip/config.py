@@ -75,7 +75,8 @@ class RoundConfig:
     # --- aggregation rule (plaintext only)
     aggregator: str = "gossip"
     clip_tau: float | None = None
-    """ClippedGossip radius; None = adaptive (second-largest neighbour distance)."""
+    """ClippedGossip radius; None = adaptive (:func:`fednode.aggregation.adaptive_tau`: the ceil(m/2)-th
+    closest of m equally weighted neighbours)."""
     far_ratio: float | None = 2.0
     """With the clipped aggregator: a neighbour farther than this many times the round's radius tau
     counts like a validation-filter drop towards exclusion (``filter_exclude_after`` of the last

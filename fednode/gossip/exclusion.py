@@ -49,7 +49,7 @@ class Exclusions:
         if self.config.exclude_rounds:
             self._exclude(peer, round, "proven")
 
-    def dropped(self, peers: Iterable[bytes], round: int, why: str = "filtered") -> None:
+    def suspected(self, peers: Iterable[bytes], round: int, why: str) -> None:
         """These neighbours were suspected in ``round``: ``why`` is "filtered" (the validation filter
         dropped their contribution) or "far" (beyond ``far_ratio`` times the clipping radius)."""
         after, window = self.config.filter_exclude_after, self.config.filter_window

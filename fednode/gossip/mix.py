@@ -32,14 +32,13 @@ def mix_neighbours(config: RoundConfig, own: Model, neighbours: dict[bytes, Mode
     (the round machine counts them towards exclusion).
     """
     tau = config.clip_tau
-    if config.aggregator == "clipped" and (tau is None or (on_far is not None and config.far_ratio)):
+    if config.aggregator == "clipped":
         distances = neighbour_distances(own, neighbours)
         if tau is None:
             tau = adaptive_tau(own, neighbours, weights, distances=distances)
-        if on_far is not None and config.far_ratio:
-            far = far_neighbours(distances, tau, config.far_ratio)
-            if far:
-                on_far(far)
+        far = far_neighbours(distances, tau, config.far_ratio) if config.far_ratio else []
+        if far and on_far is not None:
+            on_far(far)
     if contribution_filter is not None and not config.secure:
         weights = contribution_filter(own, neighbours, weights)
         neighbours = {p: neighbours[p] for p in weights}

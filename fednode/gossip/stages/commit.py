@@ -107,10 +107,10 @@ class CommitStage:
         if scorer is not None:
             def scorer(own, neighbours, w, _score=scorer):  # noqa: E306 - the filter's drops feed exclusion
                 kept = _score(own, neighbours, w)
-                ctx.inbox.exclusions.dropped(sorted(set(w).difference(kept)), rnd.number)
+                ctx.inbox.exclusions.suspected(sorted(set(w).difference(kept)), rnd.number, "filtered")
                 return kept
         model = mix_neighbours(ctx.config, rnd.half, {p: rnd.exchange.contributions[p] for p in weights}, weights,
-                               scorer, lambda far: ctx.inbox.exclusions.dropped(far, rnd.number, "far"))
+                               scorer, lambda far: ctx.inbox.exclusions.suspected(far, rnd.number, "far"))
         return RoundEnd(model, weights, None, drift)
 
     def deadline(self, rnd: RoundState) -> float | None:
