@@ -209,6 +209,43 @@ class _Disagreement:
         return {r: math.sqrt(max(q - float(s @ s) / k, 0.0)) for r, (k, _, s, q) in self._open.items() if k == n}
 
 
+def host_probe(repeats: int = 7) -> float:
+    """Milliseconds the fastest of ``repeats`` runs of a fixed single-threaded workload took: the kind
+    of Python the round machine is made of (small tuples, dict and set look-ups, a heap, method calls).
+
+    This host's speed drifts by up to 2x with its other tenants (the 100-node reference went from 0.50
+    to 1.00 ms per node-round on the same code), so a wall time alone cannot tell a slower code from a
+    slower host; the probe, taken before and after the runs, can. The fastest run filters out most
+    preemptions; a drift between the two probes means the host changed speed during the measurement.
+    """
+    import heapq
+
+    class _Node:
+        __slots__ = ("seen", "peers")
+
+        def __init__(self, peers: frozenset) -> None:
+            self.seen, self.peers = {}, peers
+
+        def on(self, key: tuple, now: float) -> bool:
+            if key in self.seen:
+                return False
+            self.seen[key] = now
+            return bool(self.peers.difference((key[1],)))
+
+    best = math.inf
+    for _ in range(repeats):
+        nodes = [_Node(frozenset(range(i, i + 5))) for i in range(64)]
+        heap: list = []
+        t0 = time.perf_counter()
+        for i in range(40_000):
+            heapq.heappush(heap, (i * 0.37 % 1.0, i, i % 64))
+            if len(heap) > 32:
+                at, seq, idx = heapq.heappop(heap)
+                nodes[idx].on((seq & 7, idx, seq), at)
+        best = min(best, time.perf_counter() - t0)
+    return round(1000 * best, 2)
+
+
 def run(n: int, degree: int, rounds: int, dim: int, seed: int, signed: bool, workers: int = 1) -> dict:
     cfg = RoundConfig(federation="bench", degree=degree, max_rounds=rounds)
     X0 = np.random.default_rng(seed).normal(size=(n, dim))
@@ -341,13 +378,17 @@ def main() -> None:
     if args.workers > args.nodes:
         sys.exit(f"bench_simulator: error: --workers {args.workers} is more than --nodes {args.nodes}")
     t0 = time.perf_counter()
+    probe_before = host_probe()
     results = [run(args.nodes, args.degree, args.rounds, args.dim, args.seed, args.signed, args.workers)]
+    probe_after = host_probe()
     if args.reference_nodes and args.reference_nodes != args.nodes:
         results.append(run(args.reference_nodes, args.degree, args.rounds, args.dim, args.seed, args.signed,
                            min(args.workers, args.reference_nodes)))
     total = time.perf_counter() - t0
+    probe = {"before_ms": probe_before, "after_ms": probe_after}
     if args.json:
-        out = {"runs": [{k: v for k, v in r.items() if k != "rows"} for r in results], "total_wall_s": round(total, 2)}
+        out = {"runs": [{k: v for k, v in r.items() if k != "rows"} for r in results], "host_probe": probe,
+               "total_wall_s": round(total, 2)}
         if len(results) == 2:
             out["ratios"] = compare(*results)[0]
         print(json.dumps(out, indent=2))
@@ -357,6 +398,8 @@ def main() -> None:
         print()
     if len(results) == 2:
         print(compare(*results)[1])
+    print(f"host probe (host_probe(): fixed Python workload, fastest of 7; lower is faster): {probe_before:.1f} ms "
+          f"before the {results[0]['nodes']}-node run, {probe_after:.1f} ms after it")
     print(f"total wall time of this invocation {total:.1f} s")
 
 

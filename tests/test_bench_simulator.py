@@ -37,3 +37,8 @@ def test_one_process_and_two_give_the_same_figures() -> None:
     for key in ("messages", "contraction_geomean", "lambda_mean", "final_disagreement", "rounds_rated"):
         assert two[key] == pytest.approx(one[key], rel=1e-9), key
     assert one["parallel"] is None and two["parallel"]["windows"] > 0
+
+
+def test_host_probe_times_its_workload() -> None:
+    ms = bench.host_probe(repeats=2)
+    assert isinstance(ms, float) and 0.5 < ms < 60_000  # 40,000 heap steps: well above a millisecond anywhere

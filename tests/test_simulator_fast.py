@@ -179,6 +179,28 @@ def test_overlay_cache_matches_the_ring_definition_per_view(degree):
         assert shared.neighbours(me, container(view), rnd) == _ring_definition("f", degree, me, view, rnd)
 
 
+
+def test_overlay_reused_views_match_the_ring_definition():
+    """The machine's way: each node asks every round with the same frozen view until its membership
+    changes (a new frozenset), views of newcomers grow the universe, and a mutable set changed in place
+    between two asks is never taken for the view it was (only frozen views skip the subset check)."""
+    ids = [identity_from_seed(bytes([i])).peer_id for i in range(30)]
+    ov = RandomRegularOverlay("f", 4)
+    rng = np.random.default_rng(7)
+    views = {me: frozenset(ids[:12]) - {me} for me in ids[:12]}  # the first 12 know each other
+    mutable = set(ids[:12])
+    for rnd in range(40):
+        if rnd % 5 == 4:  # someone learns of a newcomer, or forgets a peer: a new frozen view
+            me = ids[int(rng.integers(12))]
+            views[me] = views[me] ^ {ids[int(rng.integers(20))]} - {me}
+        if rnd % 3 == 2:  # peers only this set ever holds
+            mutable ^= {ids[int(rng.integers(20, 30))]}
+        for me, view in views.items():
+            assert ov.neighbours(me, view, rnd) == _ring_definition("f", 4, me, view, rnd), (rnd, me)
+        for me in ids[12:15]:  # not in any view yet, and asking with one in place-mutated set
+            assert ov.neighbours(me, mutable, rnd) == _ring_definition("f", 4, me, mutable, rnd), (rnd, me)
+
+
 # ---------------------------------------------------------------- the in-process codec (LOCAL)
 
 def _local_cases(peer, to: bytes):

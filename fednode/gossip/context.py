@@ -27,7 +27,9 @@ class NodeContext:
     stats: NodeStats
     outbox: Outbox
     inbox: Inbox
-    members: set[bytes]
+    members: frozenset[bytes]
+    """Replaced, never changed in place: the overlay need not re-check a view it has seen
+    (:class:`~fednode.gossip.overlay.RandomRegularOverlay`)."""
     phase: str
     current: RoundState | None = None
     dp_rng: Any = None

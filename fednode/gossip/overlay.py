@@ -14,10 +14,14 @@ degree), and it is re-drawn every round. Degree is at most k (less when cycles
 share an edge; the Metropolis-Hastings weights absorb that). Small federations get
 a full mesh.
 
-The rings are cached per round over the union of the views seen (a node asks once per round;
-the simulator shares one instance among all its nodes). A member's ring neighbour in a view is
-the next member of that view along the cached order of the union, which is exactly the
-neighbour in the view's own sorted ring: N hashes per cycle and round instead of N per node.
+The rings are cached per round over a universe: the union of every view seen so far, at most the
+allow-list (a node asks once per round; the simulator shares one instance among all its nodes). A
+member's ring neighbour in a view is the next member of that view along the cached order of the
+universe, which is exactly the neighbour in the view's own sorted ring: N hashes per cycle and
+round instead of N per node. The universe only grows, so a view that was a subset of it stays one:
+a frozen view already checked (the round machine's membership, replaced on change, never mutated)
+is not checked again. That check was the one O(N) step per node and round left (2 % of a
+1,000-node simulation).
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ def _ordered(members: Iterable[bytes], key: bytes) -> list[bytes]:
 class _Rings:
     """The k/2 cycle orders of one round over a universe of members (a superset of every view asked)."""
 
-    def __init__(self, federation: str, round: int, cycles: int, universe: set[bytes]) -> None:
+    def __init__(self, federation: str, round: int, cycles: int, universe: frozenset[bytes]) -> None:
         self.universe = universe
         self.orders: list[tuple[list[bytes], dict[bytes, int]]] = []
         for cycle in range(cycles):
@@ -72,6 +76,10 @@ class RandomRegularOverlay:
     cache_rounds: int = 8
     """How many recent rounds keep their cached cycle orders."""
     _cache: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False, compare=False, hash=False)
+    _universe: list = field(default_factory=lambda: [frozenset()], init=False, repr=False, compare=False,
+                            hash=False)
+    _checked: dict = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
+    """me -> the last frozen view found inside the universe (one per asking node: bounded)."""
 
     def __post_init__(self) -> None:
         if self.degree < 1:
@@ -90,10 +98,14 @@ class RandomRegularOverlay:
         return frozenset(out)
 
     def _rings(self, round: int, me: bytes, others: Set[bytes]) -> _Rings:
+        universe = self._universe[0]
+        if self._checked.get(me) is not others:
+            if me not in universe or not others <= universe:
+                universe = self._universe[0] = universe.union(others, (me,))
+            if type(others) is frozenset:  # immutable: still a subset next time it is asked
+                self._checked[me] = others
         rings = self._cache.get(round)
-        if rings is None or me not in rings.universe or not others <= rings.universe:
-            universe = set(others) if rings is None else rings.universe | others
-            universe.add(me)
+        if rings is None or rings.universe is not universe:
             rings = _Rings(self.federation, round, max(1, self.degree // 2), universe)
             self._cache[round] = rings
             self._cache.move_to_end(round)

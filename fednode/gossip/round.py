@@ -80,7 +80,7 @@ class GossipNode:
             identity, allow_list, spec, config, self.stats,
             Outbox(identity, config, spec, self.stats, nonce_source, codec),
             Inbox(self.me, allow_list, config, spec, self.stats, codec),
-            members={m for m in members if m != self.me and m in allow_list}, phase=SYNC if joining else TRAIN,
+            members=frozenset(m for m in members if m != self.me and m in allow_list), phase=SYNC if joining else TRAIN,
             dp_rng=make_rng() if config.dp_distributed is not None else None)
         self._prev: RoundState | None = None
         self._timer: float | None = None
@@ -108,7 +108,7 @@ class GossipNode:
         self.ctx.phase = phase
 
     @property
-    def members(self) -> set[bytes]:
+    def members(self) -> frozenset[bytes]:
         return self.ctx.members
 
     @property
@@ -151,11 +151,13 @@ class GossipNode:
             self._on_bytes(event.data, now, out)
         elif isinstance(event, PeerJoined):
             if event.peer != self.me and event.peer in self.allow_list:
-                self.ctx.members.add(event.peer)
+                if event.peer not in self.ctx.members:
+                    self.ctx.members = self.ctx.members | {event.peer}
                 if self.ctx.phase == SYNC and self._started and self.catchup.state.target is None:
                     self.catchup.ask_any(self.round_number, now, out)
         elif isinstance(event, PeerLeft):
-            self.ctx.members.discard(event.peer)
+            if event.peer in self.ctx.members:
+                self.ctx.members = self.ctx.members - {event.peer}
             for rnd in (self.ctx.current, self._prev):
                 if rnd is not None:
                     rnd.gone.add(event.peer)
@@ -301,7 +303,7 @@ class GossipNode:
         if sender == self.me:
             return
         if sender not in ctx.members:
-            ctx.members.add(sender)  # a verified message proves liveness and admission
+            ctx.members = ctx.members | {sender}  # a verified message proves liveness and admission
         if ctx.secure and msg.msg_type == _HELLO:
             ctx.hello_raw.setdefault((msg.round, sender), data)
         self._dispatch(msg, now, out)
