@@ -42,3 +42,11 @@ class NodeContext:
         self.secure: bool = self.config.secure
         self.plus: bool = self.config.secure_aggregation == "secagg+"
         self.ring_spec: ModelSpec = self.spec.with_dtype(secagg.RING_DTYPE)
+
+    def add_member(self, peer: bytes) -> None:
+        if peer not in self.members:  # a new set: ``members`` is never changed in place
+            self.members = self.members | {peer}
+
+    def drop_member(self, peer: bytes) -> None:
+        if peer in self.members:
+            self.members = self.members - {peer}

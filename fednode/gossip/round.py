@@ -151,13 +151,11 @@ class GossipNode:
             self._on_bytes(event.data, now, out)
         elif isinstance(event, PeerJoined):
             if event.peer != self.me and event.peer in self.allow_list:
-                if event.peer not in self.ctx.members:
-                    self.ctx.members = self.ctx.members | {event.peer}
+                self.ctx.add_member(event.peer)
                 if self.ctx.phase == SYNC and self._started and self.catchup.state.target is None:
                     self.catchup.ask_any(self.round_number, now, out)
         elif isinstance(event, PeerLeft):
-            if event.peer in self.ctx.members:
-                self.ctx.members = self.ctx.members - {event.peer}
+            self.ctx.drop_member(event.peer)
             for rnd in (self.ctx.current, self._prev):
                 if rnd is not None:
                     rnd.gone.add(event.peer)
@@ -303,7 +301,7 @@ class GossipNode:
         if sender == self.me:
             return
         if sender not in ctx.members:
-            ctx.members = ctx.members | {sender}  # a verified message proves liveness and admission
+            ctx.add_member(sender)  # a verified message proves liveness and admission
         if ctx.secure and msg.msg_type == _HELLO:
             ctx.hello_raw.setdefault((msg.round, sender), data)
         self._dispatch(msg, now, out)
