@@ -123,7 +123,12 @@ still decides the headline: :func:`host_probe` (a fixed Python workload, now pri
 after the run) took 52 to 91 ms in that hour, while /proc/stat showed no steal time: the slowdown
 comes from what the guest cannot see (caches, memory bandwidth and clock shared with other
 tenants). Not a factor: the replay caches' growth (capping each node's at 200 entries changed
-nothing at 1,000 x 30). All runs: ``benchmarks/results/simulator_1000x100.json``.
+nothing at 1,000 x 30). Two more runs an hour later: 72.9 and 69.3 s. The two vCPUs themselves give
+two independent one-process runs (1,000 x 10) about twice the throughput of one (9.0 and 11.2 s
+side by side against 10.0 and 9.1 s alone), so what two workers lose against 2x (one process ran
+1,000 x 100 in 107.9 s) is this simulator's own: the cross-worker exchange (about 6 s per worker:
+payload copies, msgpack, the loops), the barrier waits (3-6 s) and busier workers (5-10 %). All
+runs: ``benchmarks/results/simulator_1000x100.json``.
 """
 
 from __future__ import annotations
