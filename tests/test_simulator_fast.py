@@ -179,7 +179,6 @@ def test_overlay_cache_matches_the_ring_definition_per_view(degree):
         assert shared.neighbours(me, container(view), rnd) == _ring_definition("f", degree, me, view, rnd)
 
 
-
 def test_overlay_reused_views_match_the_ring_definition():
     """The machine's way: each node asks every round with the same frozen view until its membership
     changes (a new frozenset), views of newcomers grow the universe, and a mutable set changed in place
