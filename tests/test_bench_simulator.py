@@ -4,6 +4,7 @@ computation, and the same contraction figures from one process and from two."""
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -42,3 +43,19 @@ def test_one_process_and_two_give_the_same_figures() -> None:
 def test_host_probe_times_its_workload() -> None:
     ms = bench.host_probe(repeats=2)
     assert isinstance(ms, float) and 0.5 < ms < 60_000  # 40,000 heap steps: well above a millisecond anywhere
+
+
+def test_background_spectral_analysis_matches_the_direct_one_and_is_reaped() -> None:
+    from fednode.testnet.simulator import node_identities
+    ids = [ident.peer_id for ident in node_identities(30, 5)]
+    background = bench._Background(ids, 4, 3)
+    lams, cpu, waited = background.result()
+    assert lams == bench.spectral_factors(ids, 4, 3) and len(lams) == 3 and all(0 < x < 1 for x in lams)
+    assert cpu >= 0 and waited >= 0
+    background.close()  # reaped already: a no-op
+    many = [ident.peer_id for ident in node_identities(600, 5)]
+    unfinished = bench._Background(many, 4, 200)  # seconds of work, closed at once: killed by its PID, reaped
+    pid = unfinished._pid
+    unfinished.close()
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)

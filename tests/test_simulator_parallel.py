@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fednode.gossip.config import RoundConfig
-from fednode.testnet import parallel
+from fednode.testnet import batches
 from fednode.testnet.parallel import WorkerFailed, run_parallel
 from fednode.testnet.simulator import NetworkConditions, Simulator
 
@@ -75,11 +75,28 @@ def test_lossless_parallel_run_gives_the_serial_models_bit_for_bit(workers: int)
 
 
 def test_batches_too_large_for_shared_memory_go_through_files(monkeypatch, tmp_path) -> None:
-    monkeypatch.setattr(parallel, "HALF_BYTES", 256)  # every batch with a payload is larger
+    monkeypatch.setattr(batches, "SLOT_BYTES", 256)  # every batch with a payload is larger
     serial, par = _sim(rounds=3), _sim(rounds=3)
     serial.run()
     run_parallel(par, 2, exchange_dir=str(tmp_path))
     assert _digest(par) == _digest(serial)
+    assert list(tmp_path.iterdir()) == []
+    assert all(n > 0 for n in par.parallel_stats.batches_in_files)
+
+
+@pytest.mark.parametrize("slots", [1, 2, 3])
+def test_payloads_read_in_place_are_never_overwritten_while_held(monkeypatch, tmp_path, slots: int) -> None:
+    """Few slots: a slot whose payloads a node still holds (contributions live about two rounds) must not
+    be written again; the batch then goes through a file. Any payload overwritten while held would
+    change the models, which must stay the serial run's bit for bit."""
+    monkeypatch.setattr(batches, "SLOTS", slots)
+    serial, par = _sim(n=16, rounds=8), _sim(n=16, rounds=8)
+    serial.run()
+    run_parallel(par, 2, exchange_dir=str(tmp_path))
+    assert _digest(par) == _digest(serial)
+    in_files = par.parallel_stats.batches_in_files
+    assert all(n > 0 for n in in_files)  # slots were held when the next batches came
+    assert sum(in_files) < 2 * par.parallel_stats.windows  # and others were free: both paths ran
     assert list(tmp_path.iterdir()) == []
 
 

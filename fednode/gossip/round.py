@@ -66,12 +66,8 @@ class GossipNode:
             raise ValueError("initial model does not match the model spec")
         if not codec.signed and config.secure:  # relayed HELLOs are verified by third parties: keys need signatures
             raise ValueError("unsigned envelopes (simulator fast mode) cannot run secure aggregation")
-        self.codec = codec
-        self.identity = identity
-        self.me = identity.peer_id
-        self.allow_list = allow_list
-        self.spec = spec
-        self.config = config
+        self.codec, self.identity, self.me, self.allow_list = codec, identity, identity.peer_id, allow_list
+        self.spec, self.config = spec, config
         self.overlay: Overlay = overlay or RandomRegularOverlay(config.federation, config.degree)
         self.round_number = int(start_round)
         self.model: Model = {k: np.array(v, copy=True) for k, v in model.items()}
@@ -84,8 +80,7 @@ class GossipNode:
             dp_rng=make_rng() if config.dp_distributed is not None else None)
         self._prev: RoundState | None = None
         self._timer: float | None = None
-        self._started = False
-        self._now = float("-inf")
+        self._started, self._now = False, float("-inf")
         self.stages = st = build_stages(ctx)
         self.hello, self.commit, self.catchup, self.aggregator = st.hello, st.commit, st.catchup, st.aggregator
 
@@ -122,10 +117,6 @@ class GossipNode:
         self.ctx.contribution_filter = value
 
     @property
-    def _cur(self) -> RoundState | None:
-        return self.ctx.current
-
-    @property
     def _buffer(self) -> dict[int, list[Message]]:
         return self.catchup.state.buffer
 
@@ -144,12 +135,12 @@ class GossipNode:
         return self._finish(out)
 
     def handle(self, event: Event) -> list[Action]:
+        if isinstance(event, MessageReceived):
+            return self.receive(event.data, event.now)
         out: list[Action] = []
         now = event.now
         self._now = max(self._now, now)
-        if isinstance(event, MessageReceived):
-            self._on_bytes(event.data, now, out)
-        elif isinstance(event, PeerJoined):
+        if isinstance(event, PeerJoined):
             if event.peer != self.me and event.peer in self.allow_list:
                 self.ctx.add_member(event.peer)
                 if self.ctx.phase == SYNC and self._started and self.catchup.state.target is None:
@@ -165,6 +156,16 @@ class GossipNode:
             pass
         else:  # pragma: no cover - typing guard
             raise TypeError(f"unknown event {event!r}")
+        if self._started:
+            self._advance(now, out)
+        return self._finish(out)
+
+    def receive(self, data: bytes, now: float) -> list[Action]:
+        """``handle(MessageReceived(data, now))`` without building the event (the simulator's per-message call)."""
+        out: list[Action] = []
+        if now > self._now:
+            self._now = now
+        self._on_bytes(data, now, out)
         if self._started:
             self._advance(now, out)
         return self._finish(out)
@@ -225,8 +226,7 @@ class GossipNode:
             self_weight = 1.0 - sum(end.used.values())
             out.append(Commit(rnd.number, end.model, tuple(sorted(end.used)), dict(end.used), self_weight, stats,
                               end.drift, end.digest))
-        if end.drift:
-            self.stats.drift_events += len(end.drift)
+        self.stats.drift_events += len(end.drift)
         self._begin_round(rnd.number + 1, now, out)
 
     def _on_local_step(self, event: LocalStepDone, out: list[Action]) -> None:

@@ -3,12 +3,8 @@
 A :class:`~fednode.testnet.simulator.Simulator` is built as usual, then ``run_parallel(sim, workers)``
 forks ``workers - 1`` copies of it; worker w owns the nodes ``i % workers == w`` and runs only
 their events. Every machine, message and receive check is the serial simulator's own; what a node
-sends to a node of another worker crosses as the envelope's header (its bytes and the fields its
-parse gives) and raw payload with the float bounds the sender took of it, which the receiving
-worker decodes (read-only views, as a receiver of :data:`~fednode.security.codec.UNSIGNED` bytes
-would), through memory shared by the worker pair: two halves per direction, alternating by
-window, so a batch is never overwritten before it was read (a batch larger than a half goes
-through a file in ``/dev/shm`` instead).
+sends to a node of another worker crosses in that window's batch (:mod:`fednode.testnet.batches`:
+shared memory, payloads read in place).
 
 Conservative time windows (classic parallel discrete-event simulation): no message arrives sooner
 than ``NetworkConditions.delay`` after it was sent (the lookahead L), so when every worker has
@@ -32,8 +28,8 @@ model, round ends, starts, adoptions and state, and the message counters summed 
 from __future__ import annotations
 
 import math
-import mmap
 import os
+import select
 import shutil
 import signal
 import struct
@@ -48,17 +44,14 @@ import heapq
 import msgpack
 import numpy as np
 
-from fednode.security.arrays import ModelSpec, decode_arrays
-from fednode.security.codec import LocalEnvelope, Payload
-from fednode.security.envelope import Header, _tuple_new
+from fednode.testnet.batches import Batches, shared_regions
 from fednode.testnet.simulator import Simulator, gc_paused
 
-_CONTROL = struct.Struct("<qdBBqq")
-"""Window number, the sender's earliest pending event time, done flag, 1 if the batch is in a file,
-bytes of the batch's message table, bytes of the whole batch (0: nothing sent)."""
+_CONTROL = struct.Struct("<qdBbqqQ")
+"""Window number, the sender's earliest pending event time, done flag, the slot the batch is in (-1: in
+a file), bytes of the batch's message table, bytes of the whole batch (0: nothing sent), and the slots
+of the reverse direction this worker has released (bit s: slot s)."""
 _INF = math.inf
-HALF_BYTES = 256 << 20
-"""Shared memory per direction and window parity (virtual: only the pages written are ever allocated)."""
 
 
 @runtime_checkable
@@ -72,6 +65,15 @@ class PartialHook(Protocol):
         """Fold a child worker's exported state into this (the parent's) hook."""
 
 
+@runtime_checkable
+class IdleWork(Protocol):
+    """An ``on_round_end`` hook with deferred work that a worker does while it waits at a window barrier
+    (the wait for the other workers is otherwise idle time: 3-9 s per worker at 1,000 x 100)."""
+
+    def idle(self) -> bool:
+        """Do a little of the deferred work (tens of microseconds); False when nothing is left to do."""
+
+
 @dataclass
 class ParallelStats:
     """Where a parallel run's time went, per worker (index = worker); ``Simulator.parallel_stats``."""
@@ -82,6 +84,10 @@ class ParallelStats:
     """Wall seconds spent processing events."""
     exchange_s: list[float]
     """Wall seconds at the window barriers: writing and reading the batches, waiting for slower workers."""
+    idle_work_s: list[float]
+    """Of ``exchange_s``, the seconds spent on an :class:`IdleWork` hook's deferred work while waiting."""
+    batches_in_files: list[int]
+    """Batches sent through a file (larger than a slot, or every slot still held) instead of shared memory."""
 
 
 class WorkerFailed(RuntimeError):
@@ -105,7 +111,7 @@ def run_parallel(sim: Simulator, workers: int = 2, *, until: float | None = None
     base = Path(exchange_dir or ("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()))
     workdir = Path(tempfile.mkdtemp(prefix="fednode-sim-", dir=base))
     pipes = {(a, b): os.pipe() for a in range(workers) for b in range(workers) if a != b}
-    shared = {pair: mmap.mmap(-1, 2 * HALF_BYTES) for pair in pipes}  # anonymous, MAP_SHARED: seen by the forks
+    shared = shared_regions(list(pipes))
     children: dict[int, int] = {}
     try:
         for w in range(1, workers):
@@ -134,7 +140,8 @@ def run_parallel(sim: Simulator, workers: int = 2, *, until: float | None = None
             del children[w]
             if os.waitstatus_to_exitcode(status) != 0:
                 raise WorkerFailed(_child_error(workdir, w))
-        stats = ParallelStats(own.window, [own.events], [own.busy_s], [own.exchange_s])
+        stats = ParallelStats(own.window, [own.events], [own.busy_s], [own.exchange_s], [own.idle_work_s],
+                              [own.batches.in_files])
         for w in range(1, workers):
             _merge_results(sim, msgpack.unpackb((workdir / f"result-{w}").read_bytes(), raw=False,
                                                 strict_map_key=False), stats)
@@ -191,12 +198,14 @@ class _Worker:
     def __init__(self, sim: Simulator, me: int, workers: int, pipes: dict, shared: dict, workdir: Path,
                  lookahead: float) -> None:
         self.sim, self.me, self.workers, self.workdir, self.lookahead = sim, me, workers, workdir, lookahead
-        self.pipes, self.shared = pipes, shared
-        self.layouts: dict[bytes, ModelSpec] = {}
+        self.pipes = pipes
+        self.batches = Batches(me, workers, shared, workdir)
         self.owner = [i % workers for i in range(len(sim.nodes))]
         self.outbound: list[list] = [[] for _ in range(workers)]
         self.window = 0
-        self.events, self.busy_s, self.exchange_s = 0, 0.0, 0.0   # what ParallelStats reports
+        self.events, self.busy_s, self.exchange_s, self.idle_work_s = 0, 0.0, 0.0, 0.0  # ParallelStats
+        hook = sim.on_round_end
+        self.idle = hook.idle if isinstance(hook, IdleWork) else None
         # every worker's copy of the generator is in the same state: one draw, then one stream per worker
         sim.rng = np.random.default_rng([int(sim.rng.integers(2**63)), me, workers])
         own = [(at, seq, idx, item) for at, seq, idx, item in sim._other if self.owner[idx] == me]
@@ -222,21 +231,21 @@ class _Worker:
         limit = _INF if until is None else sim.start_time + until
         budget = max_events
         horizon = self._exchange()  # the earliest event anywhere (everyone's start events)
-        clock = time.perf_counter
+        clock, pop, step = time.perf_counter, heapq.heappop, sim._step
         while horizon is not None and horizon <= limit:
             started = clock()
             bound = min(horizon + self.lookahead, math.nextafter(limit, _INF))
             q, o = sim._queue, sim._other
-            while True:
-                head = min(q[0][0] if q else _INF, o[0][0] if o else _INF)
-                if head >= bound:
+            while True:  # Simulator._pop, inlined: the earlier head of the two heaps, if before the bound
+                heap = o if o and (not q or o[0] < q[0]) else q
+                if not heap or heap[0][0] >= bound:
                     break
                 budget -= 1
                 if budget < 0:
                     raise RuntimeError("simulation did not finish within max_events")
-                at, _, idx, item = sim._pop()  # type: ignore[misc]
+                at, _, idx, item = pop(heap)
                 sim.now = at
-                sim._step(idx, item)
+                step(idx, item)
             exchanging = clock()
             horizon = self._exchange()
             self.busy_s += exchanging - started
@@ -255,111 +264,41 @@ class _Worker:
                 sent[dest] = (0, 0, 0)
                 continue
             earliest = min(earliest, min(m[0] for m in batch))
-            sent[dest] = self._send(dest, k, batch)
+            sent[dest] = self.batches.send(dest, k, batch)
             batch.clear()
         done = sim._all_done()
         for dest in range(self.workers):
             if dest != me:
-                os.write(self.pipes[(me, dest)][1], _CONTROL.pack(k, earliest, done, *sent[dest]))
+                os.write(self.pipes[(me, dest)][1], _CONTROL.pack(k, earliest, done, *sent[dest],
+                                                                  self.batches.released(dest)))
         horizons, all_done = [earliest], done
         for src in range(self.workers):
             if src == me:
                 continue
-            record = _read_exactly(self.pipes[(src, me)][0], _CONTROL.size, src)
-            window, their_earliest, their_done, in_file, table_len, total = _CONTROL.unpack(record)
+            fd = self.pipes[(src, me)][0]
+            if self.idle is not None:
+                self._idle_until_readable(fd)
+            record = _read_exactly(fd, _CONTROL.size, src)
+            window, their_earliest, their_done, slot, table_len, total, released = _CONTROL.unpack(record)
             if window != k:
                 raise RuntimeError(f"worker {src} is at window {window}, this one at {k}")
             horizons.append(their_earliest)
             all_done = all_done and bool(their_done)
+            self.batches.note_released(src, released, k)
             if total:
-                if in_file:
-                    path = self.workdir / f"w{k}-{src}-{me}"
-                    self._receive(memoryview(path.read_bytes()), table_len)
-                    path.unlink()
-                else:
-                    start = (k % 2) * HALF_BYTES
-                    self._receive(memoryview(self.shared[(src, me)])[start:start + total], table_len)
+                self.batches.receive(src, k, slot, table_len, total, sim._queue, sim._seq)
         self.window += 1
         horizon = min(horizons)
         return None if all_done or horizon == _INF else horizon
 
-    def _send(self, dest: int, k: int, batch: list) -> tuple[int, int, int]:
-        """Write the batch: a msgpack message table, then the payloads' raw bytes (each shared payload once)."""
-        payload_at: dict[int, tuple[int, int]] = {}
-        chunks: list = []
-        offset = 0
-        layouts: dict[int, int] = {}
-        layout_table: list = []
-        messages = []
-        for at, target, data in batch:
-            if type(data) is not LocalEnvelope:  # real envelope bytes (signed mode): opened by the receiver
-                messages.append((at, target, bytes(data)))
-                continue
-            header = data.header
-            spec = header.layout
-            li = layouts.get(id(spec))
-            if li is None:
-                li = layouts[id(spec)] = len(layout_table)
-                layout_table.append(spec.to_layout())
-            where = None
-            if data.payload is not None:
-                where = payload_at.get(id(data.payload))
-                if where is None:
-                    arrays = data.payload.arrays
-                    parts = [memoryview(np.ascontiguousarray(arrays[name])).cast("B") for name in spec.names]
-                    size = sum(p.nbytes for p in parts)
-                    # the sender's float bounds go along: the receiving worker need not take them again
-                    where = payload_at[id(data.payload)] = (offset, size, data.payload.bounds())
-                    chunks.extend(parts)
-                    offset += size
-            messages.append((at, target, data.header_bytes, header[:10], li, header.meta, where))
-        table = msgpack.packb((layout_table, messages), use_bin_type=True)
-        total = len(table) + offset
-        if total > HALF_BYTES:  # too large for shared memory: a file (tmpfs where there is one)
-            with open(self.workdir / f"w{k}-{self.me}-{dest}", "wb") as f:
-                f.write(table)
-                for part in chunks:
-                    f.write(part)
-            return 1, len(table), total
-        region = self.shared[(self.me, dest)]
-        pos = (k % 2) * HALF_BYTES
-        region[pos:pos + len(table)] = table
-        pos += len(table)
-        for part in chunks:
-            region[pos:pos + part.nbytes] = part
-            pos += part.nbytes
-        return 0, len(table), total
-
-    def _receive(self, view: memoryview, table_len: int) -> None:
-        sim = self.sim
-        layout_table, messages = msgpack.unpackb(view[:table_len], raw=False, use_list=True)
-        specs = []
-        for layout in layout_table:
-            key = msgpack.packb(layout)
-            spec = self.layouts.get(key)
-            if spec is None:
-                spec = self.layouts[key] = ModelSpec.from_layout(layout)
-            specs.append(spec)
-        payloads: dict[int, Payload] = {}
-        base = table_len
-        push, seq, queue = heapq.heappush, sim._seq, sim._queue
-        for item in messages:
-            if len(item) == 3:
-                at, target, data = item
-            else:
-                at, target, header_bytes, fields, li, meta, where = item
-                spec = specs[li]
-                payload = None
-                if where is not None:
-                    offset, size, bounds = where
-                    payload = payloads.get(offset)
-                    if payload is None:  # a copy: the shared half is written again two windows later
-                        raw = bytes(view[base + offset:base + offset + size])
-                        payload = payloads[offset] = Payload(decode_arrays(raw, spec), size,
-                                                             {name: (hi, lo) for name, (hi, lo) in bounds.items()})
-                data = LocalEnvelope(_tuple_new(Header, (*fields, spec, meta)), header_bytes, payload)
-            push(queue, (at, next(seq), target, ("msg", data)))
-
+    def _idle_until_readable(self, fd: int) -> None:
+        """The hook's deferred work, a piece at a time, until the other worker's record is there (or none is left)."""
+        clock, idle, started = time.perf_counter, self.idle, time.perf_counter()
+        try:
+            while not select.select([fd], [], [], 0)[0] and idle():  # type: ignore[misc]
+                pass
+        finally:
+            self.idle_work_s += clock() - started
 
 def _read_exactly(fd: int, n: int, src: int) -> bytes:
     out = b""
@@ -389,7 +328,9 @@ def _export_results(sim: Simulator, worker: _Worker) -> bytes:
     partial = hook.export_partial() if isinstance(hook, PartialHook) else None
     return msgpack.packb({"nodes": nodes, "sent": sim.messages_sent, "dropped": sim.messages_dropped,
                           "kept": kept, "partial": partial,
-                          "stats": [worker.events, worker.busy_s, worker.exchange_s]}, use_bin_type=True)
+                          "stats": [worker.events, worker.busy_s, worker.exchange_s, worker.idle_work_s,
+                                    worker.batches.in_files]},
+                         use_bin_type=True)
 
 
 def _merge_results(sim: Simulator, res: dict, stats: ParallelStats) -> None:
@@ -407,10 +348,12 @@ def _merge_results(sim: Simulator, res: dict, stats: ParallelStats) -> None:
         sim.models_by_round.setdefault(r, {})[i] = np.frombuffer(raw, dtype=np.float64).copy()
     if res["partial"] is not None:
         sim.on_round_end.merge_partial(res["partial"])  # type: ignore[union-attr]
-    events, busy, exchange = res["stats"]
+    events, busy, exchange, idle_work, in_files = res["stats"]
     stats.events.append(events)
     stats.busy_s.append(busy)
     stats.exchange_s.append(exchange)
+    stats.idle_work_s.append(idle_work)
+    stats.batches_in_files.append(in_files)
 
 
-__all__ = ["ParallelStats", "PartialHook", "WorkerFailed", "run_parallel"]
+__all__ = ["IdleWork", "ParallelStats", "PartialHook", "WorkerFailed", "run_parallel"]

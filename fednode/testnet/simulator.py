@@ -32,7 +32,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fednode.gossip.config import RoundConfig
-from fednode.gossip.events import (Abort, AdoptModel, Broadcast, Commit, Finished, LocalStepDone, MessageReceived,
+from fednode.gossip.events import (Abort, AdoptModel, Broadcast, Commit, Finished, LocalStepDone,
                                    PeerJoined, PeerLeft, Send, SetTimer, StartLocalStep, TimerFired)
 from fednode.gossip.overlay import Overlay, RandomRegularOverlay
 from fednode.gossip.round import GossipNode
@@ -82,6 +82,11 @@ def identity_from_seed(seed: bytes) -> Identity:
     """A deterministic identity for simulations (never for real nodes)."""
     key = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"fednode/sim/key" + seed).digest())
     return Identity(key)
+
+
+def node_identities(n: int, seed: int) -> list[Identity]:
+    """The identities of the n nodes of ``Simulator(n, seed=seed)``, in index order."""
+    return [identity_from_seed(seed.to_bytes(8, "big") + i.to_bytes(4, "big")) for i in range(n)]
 
 
 @dataclass(frozen=True)
@@ -155,7 +160,7 @@ class Simulator:
         self._queue: list[tuple[float, int, int, object]] = []   # messages in flight
         self._other: list[tuple[float, int, int, object]] = []   # timers, steps, joins, crashes
         self._seq = itertools.count()
-        identities = [identity_from_seed(seed.to_bytes(8, "big") + i.to_bytes(4, "big")) for i in range(n)]
+        identities = node_identities(n, seed)
         self.allow_list = AllowList()
         for ident in identities:
             self.allow_list.add(ident.public_key_bytes)
@@ -268,8 +273,9 @@ class Simulator:
                 return
             kind, payload = item
             if kind == "msg":
-                event = MessageReceived(payload, self.now)
-            elif kind == "joined":
+                self._apply(rec, rec.machine.receive(payload, self.now))
+                return
+            if kind == "joined":
                 event = PeerJoined(payload, self.now)
             elif kind == "left":
                 event = PeerLeft(payload, self.now)
