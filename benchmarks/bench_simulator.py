@@ -5,11 +5,12 @@ discrete-event simulator and prints, for every round, the measured contraction o
 disagreement ||X - JX||_F next to the spectral factor lambda_r = ||W_r - J||_2 of that round's
 actual overlay (Metropolis-Hastings weights, the largest eigenvalue of W_r - J by Lanczos on a
 sparse matrix: an N x N dense norm per round was 30 s of a 1,000-node run). When N is not the
-reference size (100), the 100-node run is done too, with the same rounds, degree and dimension,
-and the ratios are printed so the growth with N is visible.
+reference size (100), the 100-node run is done too (the default run: 50 rounds, with the same degree
+and dimension), and the ratios are printed so the growth with N is visible.
 
     python benchmarks/bench_simulator.py [--nodes 100] [--degree 4] [--rounds 50] [--dim 10000]
-                                          [--signed] [--reference-nodes 100] [--json]
+                                          [--signed] [--workers 2] [--reference-nodes 100]
+                                          [--reference-rounds 50] [--json]
 
 Default is the simulator's fast mode (``Simulator(signed=False)``): the real round machine,
 messages and receive checks, with the :data:`~fednode.security.codec.LOCAL` envelope codec:
@@ -129,6 +130,24 @@ side by side against 10.0 and 9.1 s alone), so what two workers lose against 2x 
 1,000 x 100 in 107.9 s) is this simulator's own: the cross-worker exchange (about 6 s per worker:
 payload copies, msgpack, the loops), the barrier waits (3-6 s) and busier workers (5-10 %). All
 runs: ``benchmarks/results/simulator_1000x100.json``.
+
+Eighth look (2026-12-07, morning). Per window, the two workers' busy times differ by 13 % (median)
+although their event and commit counts are equal to within 1 %: the vCPUs' speed moves under us, so
+the barrier waits are the host's, not the partition's. What this invocation did besides simulating
+(about 9 s) went first: the spectral analysis (2-3 s) now runs in a forked child under
+``SCHED_IDLE`` during the run, in the time the workers spend waiting at their barriers; scipy is
+imported only there; the reference is the default run (100 nodes, 50 rounds: the ratios are per
+node-round) instead of 100 rounds. In the simulator: cross-worker payloads are read in place
+(``fednode/testnet/batches.py``: shared-memory slots, each written again only once the receiving
+worker holds no array of it, by reference count; 40 MB fewer copied per round and worker), the
+tracker below sums its reports while a worker waits at a barrier (:class:`~fednode.testnet.parallel.IdleWork`,
+0.6-0.8 s per worker), and a message reaches the machine through ``GossipNode.receive`` without an
+event object (2.58 -> 2.52 M instructions per node-round, one process). Cython, tried on the same
+sources (32 modules, untyped): 12.6 % fewer instructions and 5-14 % less wall, not worth a compiled
+build and its stale-extension pitfalls. 1,000 x 100, eight runs in a row (04:00-04:10, host probe
+47-78 ms): 57.4, 55.2, 49.2, 54.3, 55.5, 59.8, 51.7 and 56.5 s for the whole invocation (simulation
+43.4-54.3 s); the code before this look, in between: 50.2, 64.8 and 56.9 s. An hour earlier, with
+the host slow (probe 85.5 ms), one run took 78.1 s (simulation 71.9 s): the host still decides.
 """
 
 from __future__ import annotations
