@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fednode.gossip.config import RoundConfig
-from fednode.testnet import batches
+from fednode.testnet import batches, parallel
 from fednode.testnet.parallel import WorkerFailed, run_parallel
 from fednode.testnet.simulator import NetworkConditions, Simulator
 
@@ -177,3 +177,40 @@ def _children() -> set[int]:
             except OSError:
                 pass
     return out
+
+
+class _DeferringHook(_CountingHook):
+    """Sums nothing when called: the reports wait for ``idle()`` (an IdleWork hook), or for the export."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: list = []
+        self.idle_calls = 0
+
+    def __call__(self, round: int, index: int, label: str, model: dict) -> None:
+        self.pending.append((round, index, label, model))
+
+    def idle(self) -> bool:
+        self.idle_calls += 1
+        if not self.pending:
+            return False
+        super().__call__(*self.pending.pop(0))
+        return True
+
+    def export_partial(self) -> bytes:
+        while self.idle():
+            pass
+        return super().export_partial()
+
+
+def test_idle_work_is_done_while_workers_wait_and_nothing_is_lost() -> None:
+    hook, ref = _DeferringHook(), _CountingHook()
+    sim, serial = _sim(on_round_end=hook), _sim(on_round_end=ref)
+    run_parallel(sim, 2)
+    serial.run()
+    assert isinstance(hook, parallel.IdleWork) and hook.idle_calls > 0
+    assert sim.parallel_stats.idle_work_s[0] > 0
+    hook.export_partial()  # the parent's own leftovers
+    assert hook.counts == ref.counts == {r: 13 for r in range(6)}
+    for r in ref.sums:
+        assert np.allclose(hook.sums[r], ref.sums[r], rtol=0, atol=1e-12)

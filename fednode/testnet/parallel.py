@@ -21,8 +21,10 @@ speed (benchmarks/bench_simulator.py) have neither.
 
 ``on_round_end`` runs in the worker that owns the node. A hook that must see every node implements
 :class:`PartialHook`: each child worker's ``export_partial()`` bytes reach the parent's
-``merge_partial`` after the run. Afterwards the parent's ``Simulator`` holds every node's final
-model, round ends, starts, adoptions and state, and the message counters summed over workers.
+``merge_partial`` after the run. A hook that can defer its work implements :class:`IdleWork`: a
+worker waiting at a barrier for the others calls its ``idle()`` until their record arrives. Afterwards
+the parent's ``Simulator`` holds every node's final model, round ends, starts, adoptions and state,
+and the message counters summed over workers.
 """
 
 from __future__ import annotations
