@@ -147,8 +147,9 @@ sources (32 modules, untyped): 12.6 % fewer instructions and 5-14 % less wall, n
 build and its stale-extension pitfalls. 1,000 x 100, eight runs in a row (04:00-04:10, host probe
 47-78 ms): 57.4, 55.2, 49.2, 54.3, 55.5, 59.8, 51.7 and 56.5 s for the whole invocation (simulation
 43.4-54.3 s); the code before this look, in between: 50.2, 64.8 and 56.9 s. Half an hour later:
-54.4, 66.9, 60.3 and 64.4 s (probe 47-94 ms); an hour earlier, with the host slow (probe 85.5 ms),
-78.1 s. So 9 of 12 runs under 60 s: the host still decides, and the margin is a few seconds.
+54.4, 66.9, 60.3 and 64.4 s (probe 47-94 ms): 9 of these 12 runs under 60 s. An hour earlier, with
+the host slow (probe 85.5 ms), the code without the in-place payloads took 78.1 s. The host still
+decides, and the margin is a few seconds.
 """
 
 from __future__ import annotations
