@@ -199,7 +199,7 @@ class _Worker:
 
     def __init__(self, sim: Simulator, me: int, workers: int, pipes: dict, shared: dict, workdir: Path,
                  lookahead: float) -> None:
-        self.sim, self.me, self.workers, self.workdir, self.lookahead = sim, me, workers, workdir, lookahead
+        self.sim, self.me, self.workers, self.lookahead = sim, me, workers, lookahead
         self.pipes = pipes
         self.batches = Batches(me, workers, shared, workdir)
         self.owner = [i % workers for i in range(len(sim.nodes))]
@@ -296,11 +296,14 @@ class _Worker:
     def _idle_until_readable(self, fd: int) -> None:
         """The hook's deferred work, a piece at a time, until the other worker's record is there (or none is left)."""
         clock, idle, started = time.perf_counter, self.idle, time.perf_counter()
+        ready = select.poll()  # not select(): that refuses descriptors beyond FD_SETSIZE
+        ready.register(fd, select.POLLIN)
         try:
-            while not select.select([fd], [], [], 0)[0] and idle():  # type: ignore[misc]
+            while not ready.poll(0) and idle():  # type: ignore[misc]
                 pass
         finally:
             self.idle_work_s += clock() - started
+
 
 def _read_exactly(fd: int, n: int, src: int) -> bytes:
     out = b""
