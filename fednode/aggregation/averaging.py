@@ -14,18 +14,30 @@ def mix(own: Mapping[str, np.ndarray], neighbours: Mapping[Hashable, Mapping[str
     """x_i' = (1 - sum_j w_j) x_i + sum_j w_j x_j, in float64, returned in the input dtype.
 
     Written as x_i + sum_j w_j (x_j - x_i): exact for equal inputs (every difference is 0), which is
-    what makes consensus a fixed point bit for bit.
+    what makes consensus a fixed point bit for bit. No zero-filled accumulator: the first term is the
+    sum so far (at 1,000 simulated nodes, where every model is out of cache, that is 9 % of this
+    function). The sums differ from 0 + t_1 + ... only where every t_j is -0.0 and x_i is -0.0 (a
+    -0.0 result instead of +0.0).
     """
     out: Model = {}
+    peers = sorted(weights, key=repr)
     for name, x in own.items():
         xi = np.asarray(x, dtype=np.float64)
-        acc = np.zeros_like(xi)
-        tmp = np.empty_like(xi)  # in place: the same operations (bit for bit), no temporaries per neighbour
-        for peer in sorted(weights, key=repr):
-            np.subtract(np.asarray(neighbours[peer][name], dtype=np.float64), xi, out=tmp)
+        acc: np.ndarray | None = None
+        tmp: np.ndarray | None = None  # in place: the same operations (bit for bit), no temporaries per neighbour
+        for peer in peers:
+            xj = np.asarray(neighbours[peer][name], dtype=np.float64)
+            if acc is None:  # the first term is the sum so far (0 + t = t, but for the sign of a zero)
+                acc = np.subtract(xj, xi)
+                acc *= weights[peer]
+                continue
+            if tmp is None:
+                tmp = np.empty_like(xi)
+            np.subtract(xj, xi, out=tmp)
             tmp *= weights[peer]
             acc += tmp
-        out[name] = (xi + acc).astype(np.asarray(x).dtype, copy=False)  # a fresh array already: no second copy
+        mixed = xi + 0.0 if acc is None else xi + acc
+        out[name] = mixed.astype(np.asarray(x).dtype, copy=False)  # a fresh array already: no second copy
     return out
 
 
