@@ -45,6 +45,11 @@ def test_host_probe_times_its_workload() -> None:
     assert isinstance(ms, float) and 0.5 < ms < 60_000  # 40,000 heap steps: well above a millisecond anywhere
 
 
+def test_memory_probe_measures_a_bandwidth() -> None:
+    gbs = bench.memory_probe(mib=4, repeats=2)
+    assert isinstance(gbs, float) and 0.01 < gbs < 10_000  # read + written per second, any machine
+
+
 def test_background_spectral_analysis_matches_the_direct_one_and_is_reaped() -> None:
     from fednode.testnet.simulator import node_identities
     ids = [ident.peer_id for ident in node_identities(30, 5)]
