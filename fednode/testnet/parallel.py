@@ -16,12 +16,13 @@ Inside a window the nodes do not interact (what one sends lands in a later windo
 its window node by node, in index order, each node's events in time order: a node's state is brought
 into the cache once per window instead of once per event (about 3.4 events per node and window at
 1,000 nodes). What a node schedules for itself inside the window (a timer, a local step's end) joins
-its own events there. At 1,000 x 30 this took 11 % off the CPU time of the event-by-event order.
+its own events there. At 1,000 x 30 this took 9-11 % off the CPU time of the event-by-event order
+(two series of three interleaved pairs).
 
 Same seed and worker count, same run. It is not the serial run's event order (node by node, and the
-delay draws come from one generator per worker), so with loss or timeouts the models differ from a serial run; on a
-lossless network whose timeouts never fire every round uses every edge, and the models are the
-serial run's bit for bit (tests/test_simulator_parallel.py). Late joiners and crashes are refused:
+delay draws come from one generator per worker), so with loss or timeouts the models differ from a
+serial run; on a lossless network whose timeouts never fire every round uses every edge, and the
+models are the serial run's bit for bit (tests/test_simulator_parallel.py). Late joiners and crashes are refused:
 their liveliness news would cross workers with a lookahead of their own, and the runs that need
 speed (benchmarks/bench_simulator.py) have neither.
 
