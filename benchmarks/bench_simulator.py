@@ -150,6 +150,19 @@ build and its stale-extension pitfalls. 1,000 x 100, eight runs in a row (04:00-
 54.4, 66.9, 60.3 and 64.4 s (probe 47-94 ms): 9 of these 12 runs under 60 s. An hour earlier, with
 the host slow (probe 85.5 ms), the code without the in-place payloads took 78.1 s. The host still
 decides, and the margin is a few seconds.
+
+Ninth look (2026-12-07, second session). Serial, dim 10 against 10,000 and 100 nodes against 1,000
+(the same 5,000 node-rounds): 0.489 -> 0.549 ms per node-round from the nodes' state falling out of
+the cache, 0.549 -> 0.635 from the models. The parallel workers ran a window event by event, touching
+a different node's state at nearly every event; inside a window nodes cannot interact (what one sends
+lands in a later window), so a worker now runs each window node by node (fednode/testnet/parallel.py):
+9-11 % less CPU at 1,000 x 30 in two series of interleaved pairs, 45.3-58.1 s -> 38.1-41.6 s for the
+whole 1,000 x 100 invocation interleaved. ``mix`` has no zero-filled accumulator any more (9 % of it,
+same bits). :func:`memory_probe` (a 64 MiB copy) now prints next to :func:`host_probe`: in this
+session the same code took 63-86 s of CPU at an unchanged interpreter probe of about 40 ms. Measured and
+not kept: a replay guard emptied every round (an upper bound for any pruning by round) gave nothing at
+1,000 x 60; pinning each worker to a core was within the noise. 1,000 x 100 runs of the final code:
+``benchmarks/results/simulator_1000x100.json``.
 """
 
 from __future__ import annotations
