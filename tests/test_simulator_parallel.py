@@ -80,8 +80,8 @@ def test_lossless_parallel_run_gives_the_serial_models_bit_for_bit(workers: int)
 def test_a_node_runs_its_events_of_a_window_in_time_order(monkeypatch) -> None:
     """A worker runs a window node by node. What a node schedules for itself inside the window (here the end
     of its 2 ms local step, inside the 10 ms window) must still run before its later events there (messages
-    delayed 10-30 ms arrive all over the window): every
-    machine sees time go forward only (checked in every worker; a worker that sees it go back fails)."""
+    delayed 10-30 ms arrive all over the window): every machine sees time go forward only (checked in
+    every worker; a worker that sees it go back fails)."""
     last: dict[int, float] = {}
 
     def forward(machine: GossipNode, now: float) -> None:
