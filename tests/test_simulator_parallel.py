@@ -18,6 +18,10 @@ from fednode.testnet import batches, parallel
 from fednode.testnet.parallel import WorkerFailed, run_parallel
 from fednode.testnet.simulator import NetworkConditions, Simulator
 
+# JAX warns on every fork once it is imported (other test modules import it); the steps here are
+# numpy functions, so no JAX thread or lock is involved in the forked workers (run_parallel's docstring).
+pytestmark = pytest.mark.filterwarnings("ignore:os.fork\\(\\) was called:RuntimeWarning")
+
 
 class _CountingHook:
     """Counts reports per round and sums the models (a PartialHook)."""

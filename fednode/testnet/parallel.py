@@ -105,7 +105,13 @@ class WorkerFailed(RuntimeError):
 
 def run_parallel(sim: Simulator, workers: int = 2, *, until: float | None = None,
                  max_events: int = 50_000_000, exchange_dir: str | None = None) -> None:
-    """Run ``sim`` to its end (or ``until`` seconds of virtual time) on ``workers`` processes."""
+    """Run ``sim`` to its end (or ``until`` seconds of virtual time) on ``workers`` processes.
+
+    The workers are forked (``os.fork``), so the nodes' local steps must not use JAX or other
+    threaded runtimes: a forked child inherits their locks but not their threads. The simulator's
+    steps are numpy functions; JAX's own warning on fork appears when JAX was merely imported
+    (as in a test session that also ran the trainer's tests) and is harmless then.
+    """
     if workers < 2:
         raise ValueError("run_parallel needs at least 2 workers (use Simulator.run for one)")
     if workers > len(sim.nodes):
