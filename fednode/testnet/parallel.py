@@ -109,8 +109,9 @@ def run_parallel(sim: Simulator, workers: int = 2, *, until: float | None = None
 
     The workers are forked (``os.fork``), so the nodes' local steps must not use JAX or other
     threaded runtimes: a forked child inherits their locks but not their threads. The simulator's
-    steps are numpy functions; JAX's own warning on fork appears when JAX was merely imported
-    (as in a test session that also ran the trainer's tests) and is harmless then.
+    steps are numpy functions; JAX's own warning on fork also appears when JAX was loaded in the
+    same process (a test session that ran the trainer's tests) and is harmless while the workers
+    do not call it.
     """
     if workers < 2:
         raise ValueError("run_parallel needs at least 2 workers (use Simulator.run for one)")
